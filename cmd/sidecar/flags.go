@@ -1,0 +1,198 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/sidecar-project/sidecar/pkg/acceptor"
+)
+
+// config is everything the command line and SIDECAR_* variables say.
+type config struct {
+	listen       []acceptor.Spec
+	workers      int
+	schedule     string
+	startTimeout time.Duration
+	drainTimeout time.Duration
+	killTimeout  time.Duration
+	queueSize    int
+	command      []string // empty: the built-in hello worker
+}
+
+// listFlag is a repeatable flag whose default is replaced by the first Set.
+type listFlag struct {
+	values []string
+	set    bool
+}
+
+func (l *listFlag) String() string { return strings.Join(l.values, ",") }
+
+func (l *listFlag) Set(v string) error {
+	if !l.set {
+		l.values, l.set = nil, true
+	}
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			l.values = append(l.values, p)
+		}
+	}
+	return nil
+}
+
+// envName is the variable that sets a flag: --drain-timeout → SIDECAR_DRAIN_TIMEOUT.
+func envName(flagName string) string {
+	return "SIDECAR_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// usageError is a bad command line: exit 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// parseConfig reads args (without the program name) and the environment.
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := &listFlag{values: []string{":8080"}}
+	fs.Var(listen, "listen", "address to accept on, repeatable: `ADDR` is :8080, 127.0.0.1:0, [::1]:8080, unix:/path or fd:N")
+	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "number of worker processes (default: GOMAXPROCS, which follows the container's CPU limit)")
+	schedule := fs.String("schedule", "", "`rr` (the master accepts and hands connections out round-robin) or shared (workers accept on the listening socket); default rr, or NODE_CLUSTER_SCHED_POLICY=rr|none")
+	startTimeout := fs.Duration("start-timeout", 30*time.Second, "a worker not listening this long after it starts is killed and counts as a crash")
+	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long workers get to finish in-flight work before SIGKILL")
+	killTimeout := fs.Duration("kill-timeout", 5*time.Second, "after a worker is sent SIGTERM, how long before SIGKILL")
+	queueSize := fs.Int("queue-size", 1024, "connections held per listener while every worker is busy; accepting pauses beyond it")
+	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	fs.Var(klogFlags.Lookup("v").Value, "v", "log verbosity: 0 lifecycle, 2 per-worker detail, 4 per-connection")
+	fs.Usage = func() { usage(fs, stderr) }
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err.Error()}
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return nil, err
+	}
+	c := &config{
+		workers: *workers, schedule: *schedule, startTimeout: *startTimeout,
+		drainTimeout: *drainTimeout, killTimeout: *killTimeout, queueSize: *queueSize,
+		command: fs.Args(),
+	}
+	if c.schedule == "" {
+		c.schedule = scheduleFromNode(getenv("NODE_CLUSTER_SCHED_POLICY"))
+	}
+	return c, c.validate(listen.values)
+}
+
+// applyEnv sets every flag not given on the command line from its
+// SIDECAR_* variable.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		v := getenv(envName(f.Name))
+		if given[f.Name] || v == "" || err != nil {
+			return
+		}
+		if serr := fs.Set(f.Name, v); serr != nil {
+			err = usageError{fmt.Sprintf("invalid value %q for $%s: %v", v, envName(f.Name), serr)}
+		}
+	})
+	return err
+}
+
+func scheduleFromNode(v string) string {
+	if v == "none" {
+		return "shared"
+	}
+	return "rr"
+}
+
+func (c *config) validate(listen []string) error {
+	if c.workers < 1 {
+		return usageError{fmt.Sprintf("--workers must be at least 1, got %d", c.workers)}
+	}
+	if c.schedule != "rr" && c.schedule != "shared" {
+		return usageError{fmt.Sprintf("--schedule must be rr or shared, got %q", c.schedule)}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"start-timeout", c.startTimeout}, {"drain-timeout", c.drainTimeout}, {"kill-timeout", c.killTimeout}} {
+		if d.v <= 0 {
+			return usageError{fmt.Sprintf("--%s must be positive, got %v", d.name, d.v)}
+		}
+	}
+	if c.queueSize < 1 {
+		return usageError{fmt.Sprintf("--queue-size must be at least 1, got %d", c.queueSize)}
+	}
+	if len(listen) == 0 {
+		return usageError{"--listen: at least one address is needed"}
+	}
+	for _, l := range listen {
+		s, err := acceptor.ParseSpec(l)
+		if err != nil {
+			return usageError{"--listen: " + err.Error()}
+		}
+		c.listen = append(c.listen, s)
+	}
+	if len(c.command) > 0 {
+		if _, err := exec.LookPath(c.command[0]); err != nil {
+			return usageError{fmt.Sprintf("worker command %q: %v", c.command[0], unwrapExec(err))}
+		}
+	}
+	return nil
+}
+
+// unwrapExec drops exec.Error's repetition of the command name.
+func unwrapExec(err error) error {
+	var ee *exec.Error
+	if errors.As(err, &ee) {
+		return ee.Err
+	}
+	return err
+}
+
+func usage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprint(w, `Usage: sidecar [flags] [-- command [args...]]
+
+sidecar is a Node.js-cluster-compatible master: it binds the listen
+addresses, runs N worker processes and hands every accepted connection to
+a worker round-robin. Workers that crash are respawned; SIGTERM drains.
+The worker is the command after "--" (an unmodified Node.js server, or a
+Go program using the worker SDK), or the built-in hello server.
+
+Flags (each can also be set by the environment variable shown):
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		name, help := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if name != "" {
+			line += " " + name
+		}
+		fmt.Fprintf(w, "%s\n    \t%s", line, help)
+		if f.DefValue != "" && f.DefValue != "0" {
+			fmt.Fprintf(w, " (default %q)", f.DefValue)
+		}
+		fmt.Fprintf(w, " [$%s]\n", envName(f.Name))
+	})
+	fmt.Fprint(w, `
+Examples:
+  sidecar                                # built-in hello workers on :8080
+  sidecar --workers 4 -- node server.js  # cluster an unmodified Node.js app
+  sidecar --listen 127.0.0.1:0 --schedule shared -- ./my-go-worker
+
+Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits 1 at once).
+`)
+}

@@ -1,0 +1,31 @@
+// Package acceptor owns the listening sockets and the dispatch of accepted
+// connections to workers.
+//
+// Listeners come from --listen (bound by Bind before any worker starts, so the
+// kernel backlog holds connections while workers boot) or are bound on demand
+// when a worker's queryServer names an address no listener has (Node's
+// semantics: every worker asking with the same key shares one socket, so
+// `listen(0)` is random the first time and predictable thereafter). Listeners
+// stay open until the acceptor stops: a respawned worker finds its port again
+// and connections wait in the backlog meanwhile.
+//
+// With round-robin scheduling (the default) the acceptor accepts and hands
+// each connection to a worker (a Target) as a newconn handle:
+//
+//   - a worker is free when it has no unacknowledged handoff on that
+//     listener; connections go to free workers in turn;
+//   - a worker that answers accepted:false (at capacity, closing) makes the
+//     connection go to the next worker; when every worker refused it, it is
+//     retried after a short backoff instead of spinning;
+//   - when no worker is free, connections wait in a bounded queue; when that
+//     is full, accepting pauses and the kernel backlog is the buffer;
+//   - the master keeps its copy of the fd until a worker answers
+//     accepted:true, so a worker that dies with a handoff in flight loses
+//     nothing: the connection goes to another worker.
+//
+// With shared scheduling (Node's SCHED_NONE) the queryServer reply carries
+// the listening socket itself and workers accept on their own.
+//
+// The accept loop never spins: EMFILE, ENFILE, ENOBUFS and ENOMEM back off
+// from 5 ms doubling to 1 s.
+package acceptor

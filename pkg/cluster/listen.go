@@ -1,0 +1,323 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sidecar-project/sidecar/pkg/ipc"
+)
+
+// Listen returns a listener for network ("tcp", "tcp4", "tcp6", "unix") and
+// address. Under a master it is the master's (see Worker.Listen); otherwise
+// it is net.Listen.
+func Listen(network, address string) (net.Listener, error) {
+	w, err := Current()
+	if err != nil {
+		return nil, err
+	}
+	if w == nil {
+		return net.Listen(network, address)
+	}
+	return w.Listen(network, address)
+}
+
+// Send sends v to the master as a user message.
+func Send(v any) error {
+	w, err := Current()
+	if err != nil {
+		return err
+	}
+	if w == nil {
+		return ErrNotWorker
+	}
+	return w.Send(v)
+}
+
+// OnDisconnect registers f to run when the master disconnects this worker;
+// outside a master it does nothing.
+func OnDisconnect(f func()) {
+	if w, _ := Current(); w != nil {
+		w.OnDisconnect(f)
+	}
+}
+
+// OnMessage registers f for user messages from the master; outside a master
+// it does nothing.
+func OnMessage(f func(json.RawMessage)) {
+	if w, _ := Current(); w != nil {
+		w.OnMessage(f)
+	}
+}
+
+// query is the queryServer / listening message of one Listen.
+type query struct {
+	Act         string  `json:"act"`
+	Index       int     `json:"index"`
+	Data        *string `json:"data"`
+	Address     *string `json:"address"`
+	Port        int     `json:"port"`
+	AddressType int     `json:"addressType"`
+	FD          *int    `json:"fd,omitempty"`
+	Backlog     int     `json:"backlog"`
+}
+
+// Listen asks the master for the server at address. Networks: "tcp",
+// "tcp4", "tcp6", "unix" and "fd" (address is an inherited descriptor number
+// the master listens on). An empty host means every address.
+func (w *Worker) Listen(network, address string) (net.Listener, error) {
+	q, err := makeQuery(network, address)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	w.mu.Lock()
+	if w.disconnecting {
+		w.mu.Unlock()
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.ErrClosed}
+	}
+	ik := indexKey(q)
+	q.Index = w.indexes[ik]
+	w.indexes[ik]++
+	w.mu.Unlock()
+
+	q.Act = ipc.ActQueryServer
+	r, err := w.request(q, 30*time.Second)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	if r.Errno != 0 {
+		if r.FD >= 0 {
+			syscall.Close(r.FD)
+		}
+		return nil, &net.OpError{Op: "listen", Net: network, Err: os.NewSyscallError("bind", syscall.Errno(-r.Errno))}
+	}
+	l, port, err := w.listenerFor(network, q, r)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	q.Act, q.Port = ipc.ActListening, port
+	if err := w.ch.SendJSON(q, -1, nil); err != nil {
+		l.Close()
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	return l, nil
+}
+
+// listenerFor makes the listener a queryServer reply describes and returns
+// the port to report as listening.
+func (w *Worker) listenerFor(network string, q query, r *ipc.Message) (net.Listener, int, error) {
+	port := q.Port
+	if r.FD >= 0 { // shared: the listening socket itself
+		f := os.NewFile(uintptr(r.FD), "shared-listener")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return nil, 0, err
+		}
+		if ta, ok := ln.Addr().(*net.TCPAddr); ok {
+			port = ta.Port
+		}
+		sl := &sharedListener{Listener: ln, w: w, key: r.Key}
+		w.mu.Lock()
+		w.shared[r.Key] = sl
+		w.mu.Unlock()
+		return sl, port, nil
+	}
+	var addr net.Addr
+	switch {
+	case r.Sockname != nil:
+		addr = &net.TCPAddr{IP: net.ParseIP(r.Sockname.Address), Port: r.Sockname.Port}
+		port = r.Sockname.Port
+	case q.AddressType == -1 && q.Address != nil:
+		addr = &net.UnixAddr{Name: *q.Address, Net: "unix"}
+	default:
+		addr = &net.UnixAddr{Name: "fd:" + network, Net: "fd"}
+	}
+	l := &rrListener{
+		w: w, key: r.Key, addr: addr,
+		pending: make(chan handoff, 16),
+		closed:  make(chan struct{}),
+	}
+	w.mu.Lock()
+	w.servers[r.Key] = l
+	w.mu.Unlock()
+	return l, port, nil
+}
+
+func makeQuery(network, address string) (query, error) {
+	q := query{Backlog: 511}
+	switch network {
+	case "unix":
+		abs, err := filepath.Abs(address)
+		if err != nil {
+			return q, err
+		}
+		q.Address, q.Port, q.AddressType = &abs, -1, -1
+		return q, nil
+	case "fd":
+		fd, err := strconv.Atoi(address)
+		if err != nil || fd < 0 {
+			return q, fmt.Errorf("fd listener %q: not a descriptor number", address)
+		}
+		q.FD, q.Port, q.AddressType = &fd, -1, -1
+		return q, nil
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return q, fmt.Errorf("network %q is not supported (tcp, tcp4, tcp6, unix, fd)", network)
+	}
+	host, portText, err := net.SplitHostPort(address)
+	if err != nil {
+		return q, err
+	}
+	port, err := net.LookupPort(network, portText)
+	if err != nil {
+		return q, err
+	}
+	q.Port, q.AddressType = port, 4
+	if network == "tcp6" {
+		q.AddressType = 6
+	}
+	if host == "" {
+		if network == "tcp6" {
+			host = "::"
+		} else {
+			return q, nil // null: every address, like Node's listen(port)
+		}
+	}
+	ip := net.ParseIP(host)
+	if ip == nil { // a name: resolve it as Node's dns.lookup would
+		ips, err := net.DefaultResolver.LookupIPAddr(context.Background(), host)
+		if err != nil || len(ips) == 0 {
+			return q, fmt.Errorf("resolve %q: %w", host, err)
+		}
+		ip = ips[0].IP
+	}
+	s := ip.String()
+	q.Address = &s
+	if ip.To4() == nil {
+		q.AddressType = 6
+	}
+	return q, nil
+}
+
+// indexKey is Node's per-worker key for listen indexes.
+func indexKey(q query) string {
+	addr, fd := "null", "undefined"
+	if q.Address != nil {
+		addr = *q.Address
+	}
+	if q.FD != nil {
+		fd = strconv.Itoa(*q.FD)
+	}
+	return fmt.Sprintf("%s:%d:%d:%s", addr, q.Port, q.AddressType, fd)
+}
+
+type handoff struct {
+	fd  int
+	seq int64
+}
+
+// rrListener is fed by the master's newconn handoffs. A connection is
+// acknowledged when Accept takes it.
+type rrListener struct {
+	w       *Worker
+	key     string
+	addr    net.Addr
+	pending chan handoff
+
+	mu       sync.Mutex
+	isClosed bool
+	closed   chan struct{}
+}
+
+// deliver queues a handoff; false means refuse it (closed or full).
+func (l *rrListener) deliver(fd int, seq int64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.isClosed {
+		return false
+	}
+	select {
+	case l.pending <- handoff{fd, seq}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *rrListener) Accept() (net.Conn, error) {
+	for {
+		select {
+		case h := <-l.pending:
+			f := os.NewFile(uintptr(h.fd), "conn")
+			c, err := net.FileConn(f)
+			f.Close()
+			l.w.answer(h.seq, err == nil)
+			if err == nil {
+				return c, nil
+			}
+		case <-l.closed:
+			return nil, &net.OpError{Op: "accept", Net: l.addr.Network(), Addr: l.addr, Err: net.ErrClosed}
+		}
+	}
+}
+
+// Close stops the listener: handoffs not yet accepted are refused, so the
+// master gives them to another worker, and the master is told.
+func (l *rrListener) Close() error {
+	l.mu.Lock()
+	if l.isClosed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.isClosed = true
+	close(l.closed)
+	l.mu.Unlock()
+	for {
+		select {
+		case h := <-l.pending:
+			l.w.answer(h.seq, false)
+			syscall.Close(h.fd)
+			continue
+		default:
+		}
+		break
+	}
+	l.w.forget(l.key)
+	return nil
+}
+
+func (l *rrListener) Addr() net.Addr { return l.addr }
+
+// sharedListener is the master's listening socket, accepted on directly.
+type sharedListener struct {
+	net.Listener
+	w    *Worker
+	key  string
+	once sync.Once
+}
+
+func (l *sharedListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { l.w.forget(l.key) })
+	return err
+}
+
+// forget drops a closed server and tells the master.
+func (w *Worker) forget(key string) {
+	w.mu.Lock()
+	delete(w.servers, key)
+	delete(w.shared, key)
+	w.mu.Unlock()
+	_ = w.ch.SendJSON(struct {
+		Act string `json:"act"`
+		Key string `json:"key"`
+	}{ipc.ActClose, key}, -1, nil)
+}

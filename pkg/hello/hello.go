@@ -1,0 +1,82 @@
+// Package hello is the built-in demo worker: an HTTP server that answers
+// every request with which worker served it. It is a plain user of the
+// worker SDK (pkg/cluster), like any Go program under sidecar.
+package hello
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sidecar-project/sidecar/pkg/cluster"
+)
+
+// Handler answers "hello from worker <id> (pid <pid>)" with the header
+// X-Sidecar-Worker: <id>.
+func Handler(id int) http.Handler {
+	body := []byte(fmt.Sprintf("hello from worker %d (pid %d)\n", id, os.Getpid()))
+	idText := strconv.Itoa(id)
+	length := strconv.Itoa(len(body))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["X-Sidecar-Worker"] = []string{idText}
+		h["Content-Type"] = []string{"text/plain; charset=utf-8"}
+		h["Content-Length"] = []string{length}
+		w.Write(body)
+	})
+}
+
+// Run serves hello on every address (as the master names its listeners:
+// "host:port", "unix:/path", "fd:N") until the master disconnects the
+// worker; then in-flight requests finish and Run returns nil.
+func Run(addresses []string) error {
+	w, err := cluster.Current()
+	if err != nil {
+		return err
+	}
+	if w == nil {
+		return cluster.ErrNotWorker
+	}
+	if len(addresses) == 0 {
+		return errors.New("hello: no address to listen on")
+	}
+	srv := &http.Server{Handler: Handler(w.ID()), ReadHeaderTimeout: 30 * time.Second}
+	drained := make(chan struct{})
+	w.OnDisconnect(func() {
+		srv.Shutdown(context.Background())
+		close(drained)
+	})
+	served := make(chan error, len(addresses))
+	for _, a := range addresses {
+		ln, err := listen(w, a)
+		if err != nil {
+			return fmt.Errorf("hello: listen on %s: %w", a, err)
+		}
+		go func() { served <- srv.Serve(ln) }()
+	}
+	select {
+	case err := <-served:
+		if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		<-drained
+	case <-drained:
+	}
+	return nil
+}
+
+func listen(w *cluster.Worker, a string) (net.Listener, error) {
+	switch {
+	case strings.HasPrefix(a, "unix:"):
+		return w.Listen("unix", strings.TrimPrefix(a, "unix:"))
+	case strings.HasPrefix(a, "fd:"):
+		return w.Listen("fd", strings.TrimPrefix(a, "fd:"))
+	}
+	return w.Listen("tcp", a)
+}

@@ -1,0 +1,350 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/sidecar-project/sidecar/pkg/acceptor"
+	"github.com/sidecar-project/sidecar/pkg/ipc"
+)
+
+// Config is what the supervisor needs to run the pool.
+type Config struct {
+	Workers int
+	// Command is the worker program and its arguments.
+	Command []string
+	// Env is every worker's environment; the NODE_ channel variables and
+	// SIDECAR_WORKER_SLOT are added to it.
+	Env            []string
+	Stdout, Stderr *os.File
+
+	StartTimeout      time.Duration // not listening by then: killed, a crash
+	DisconnectTimeout time.Duration // disconnect → SIGTERM
+	KillTimeout       time.Duration // SIGTERM → SIGKILL
+	BackoffMin        time.Duration
+	BackoffMax        time.Duration
+	StableAfter       time.Duration // a run this long resets the backoff
+	MaxStartFailures  int           // per slot, in a row, before giving up
+
+	Observer Observer
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.StartTimeout, 30*time.Second)
+	def(&c.DisconnectTimeout, 30*time.Second)
+	def(&c.KillTimeout, 5*time.Second)
+	def(&c.BackoffMin, 100*time.Millisecond)
+	def(&c.BackoffMax, 10*time.Second)
+	def(&c.StableAfter, 10*time.Second)
+	if c.MaxStartFailures <= 0 {
+		c.MaxStartFailures = 5
+	}
+	if c.Stdout == nil {
+		c.Stdout = os.Stdout
+	}
+	if c.Stderr == nil {
+		c.Stderr = os.Stderr
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
+	}
+}
+
+// Observer is told about the pool, for metrics.
+type Observer interface {
+	StateChanged(slot int, from, to State) // from == to == Forked: a new worker
+	Exited(slot int, reason string)
+	Restarted(slot int)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) StateChanged(int, State, State) {}
+func (nopObserver) Exited(int, string)             {}
+func (nopObserver) Restarted(int)                  {}
+
+// Registry is the acceptor as the supervisor uses it.
+type Registry interface {
+	Query(t acceptor.Target, q *ipc.Message) acceptor.Reply
+	CloseKey(t acceptor.Target, key string)
+	Remove(t acceptor.Target)
+}
+
+// slot is one place in the pool.
+type slot struct {
+	worker       *Worker
+	failures     int // accidental exits in a row (backoff)
+	startFails   int // exits in a row before listening (give-up)
+	left         bool
+	respawnTimer *time.Timer
+}
+
+// Supervisor runs the worker pool. Its state is owned by the goroutine in
+// Run; everything else talks to it through events.
+type Supervisor struct {
+	cfg    Config
+	reg    Registry
+	events chan any
+	done   chan struct{}
+	logger klog.Logger
+
+	spawner    *spawner
+	slots      []*slot
+	byPid      map[int]*Worker
+	nextID     int
+	serverData map[string]json.RawMessage // first data per server key (Node)
+	shutdown   bool
+	giveUp     error
+}
+
+// New returns a supervisor for cfg whose workers register with reg.
+func New(cfg Config, reg Registry) (*Supervisor, error) {
+	cfg.setDefaults()
+	if cfg.Workers < 1 {
+		return nil, fmt.Errorf("workers: need at least 1 worker, got %d", cfg.Workers)
+	}
+	if len(cfg.Command) == 0 {
+		return nil, errors.New("workers: no worker command")
+	}
+	s := &Supervisor{
+		cfg: cfg, reg: reg,
+		events:     make(chan any, 256),
+		done:       make(chan struct{}),
+		byPid:      make(map[int]*Worker),
+		serverData: make(map[string]json.RawMessage),
+	}
+	for range cfg.Workers {
+		s.slots = append(s.slots, &slot{})
+	}
+	return s, nil
+}
+
+// Events the loop handles.
+type (
+	msgEvent struct {
+		w *Worker
+		m *ipc.Message
+	}
+	chanEndEvent struct {
+		w   *Worker
+		err error
+	}
+	timerEvent struct {
+		w *Worker
+		f func(*Worker)
+	}
+	respawnEvent  struct{ slot int }
+	shutdownEvent struct{ deadline time.Duration }
+	snapshotEvent struct{ reply chan []Info }
+)
+
+// post hands an event to the loop; after Run has returned it is dropped.
+func (s *Supervisor) post(ev any) {
+	select {
+	case s.events <- ev:
+	case <-s.done:
+	}
+}
+
+// Shutdown asks Run to disconnect every worker, respawn none, SIGKILL what
+// is left after deadline, and return nil once every worker is gone.
+func (s *Supervisor) Shutdown(deadline time.Duration) { s.post(shutdownEvent{deadline}) }
+
+// Workers returns the live workers.
+func (s *Supervisor) Workers() []Info {
+	reply := make(chan []Info, 1)
+	s.post(snapshotEvent{reply})
+	select {
+	case r := <-reply:
+		return r
+	case <-s.done:
+		return nil
+	}
+}
+
+// Run spawns the pool and supervises it until Shutdown completes (nil), the
+// pool gives up (an error saying why) or ctx ends (every worker is killed).
+func (s *Supervisor) Run(ctx context.Context) error {
+	defer close(s.done)
+	s.logger = klog.FromContext(ctx)
+	// The reaper outlives ctx: after a hard stop it still reaps what we kill.
+	rctx, stopReaper := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReaper()
+	reaper, err := StartReaper(rctx)
+	if err != nil {
+		return err
+	}
+	s.spawner = newSpawner()
+	defer s.spawner.stop()
+	for i := range s.slots {
+		s.spawn(i)
+	}
+	for {
+		select {
+		case ev := <-s.events:
+			s.handle(ev)
+		case ex := <-reaper.Exits():
+			s.onExit(ex)
+		case <-ctx.Done():
+			s.killAll(reaper)
+			return ctx.Err()
+		}
+		if s.giveUp != nil {
+			s.killAll(reaper)
+			return s.giveUp
+		}
+		if s.shutdown && len(s.byPid) == 0 {
+			s.logger.Info("All workers exited")
+			return nil
+		}
+	}
+}
+
+func (s *Supervisor) handle(ev any) {
+	switch ev := ev.(type) {
+	case msgEvent:
+		if ev.w.state != Dead {
+			s.onMessage(ev.w, ev.m)
+		} else if ev.m.FD >= 0 {
+			syscall.Close(ev.m.FD)
+		}
+	case chanEndEvent:
+		s.onChannelEnd(ev.w, ev.err)
+	case timerEvent:
+		if ev.w.state != Dead {
+			ev.f(ev.w)
+		}
+	case respawnEvent:
+		sl := s.slots[ev.slot]
+		sl.respawnTimer = nil
+		if !s.shutdown && sl.worker == nil {
+			s.cfg.Observer.Restarted(ev.slot)
+			s.spawn(ev.slot)
+		}
+	case shutdownEvent:
+		s.beginShutdown(ev.deadline)
+	case snapshotEvent:
+		ev.reply <- s.snapshot()
+	}
+}
+
+func (s *Supervisor) snapshot() []Info {
+	var out []Info
+	for _, sl := range s.slots {
+		if w := sl.worker; w != nil {
+			out = append(out, Info{ID: w.id, Slot: w.slot, Pid: w.pid, State: w.state, Since: w.forkedAt})
+		}
+	}
+	for _, w := range s.byPid { // disconnecting workers no longer in a slot
+		if s.slots[w.slot].worker != w {
+			out = append(out, Info{ID: w.id, Slot: w.slot, Pid: w.pid, State: w.state, Since: w.forkedAt})
+		}
+	}
+	return out
+}
+
+// spawn starts a worker in slot i.
+func (s *Supervisor) spawn(i int) {
+	s.nextID++
+	id := s.nextID
+	logger := klog.LoggerWithValues(s.logger, "worker", id, "slot", i)
+	w, err := s.start(id, i, logger)
+	if err != nil {
+		logger.Error(err, "Cannot start worker")
+		s.afterAccidentalExit(i, time.Time{}, fmt.Errorf("cannot start: %w", err))
+		return
+	}
+	s.slots[i].worker = w
+	s.byPid[w.pid] = w
+	s.cfg.Observer.StateChanged(i, Forked, Forked)
+	logger.Info("Worker forked", "pid", w.pid)
+	w.after(s.cfg.StartTimeout, func() { s.post(timerEvent{w, s.startTimedOut}) })
+	go func() {
+		err := w.ch.Serve(func(m *ipc.Message) { s.post(msgEvent{w, m}) })
+		s.post(chanEndEvent{w, err})
+	}()
+}
+
+func (s *Supervisor) start(id, i int, logger klog.Logger) (*Worker, error) {
+	ch, child, err := ipc.Socketpair()
+	if err != nil {
+		return nil, err
+	}
+	defer child.Close()
+	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
+	cmd.Env = append(append([]string(nil), s.cfg.Env...),
+		"NODE_UNIQUE_ID="+strconv.Itoa(id),
+		"NODE_CHANNEL_FD=3",
+		"NODE_CHANNEL_SERIALIZATION_MODE=json",
+		"SIDECAR_WORKER_SLOT="+strconv.Itoa(i),
+	)
+	cmd.ExtraFiles = []*os.File{child}
+	cmd.Stdout, cmd.Stderr = s.cfg.Stdout, s.cfg.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.spawner.do(cmd.Start); err != nil {
+		ch.Close()
+		return nil, err
+	}
+	return &Worker{
+		id: id, slot: i, pid: cmd.Process.Pid, proc: cmd.Process, ch: ch,
+		logger: logger, state: Forked, forkedAt: time.Now(),
+	}, nil
+}
+
+func (s *Supervisor) setState(w *Worker, to State) {
+	if w.state == to {
+		return
+	}
+	s.cfg.Observer.StateChanged(w.slot, w.state, to)
+	w.state = to
+}
+
+func (s *Supervisor) startTimedOut(w *Worker) {
+	if w.state >= Listening {
+		return
+	}
+	w.logger.Error(nil, "Worker did not listen in time; killing it", "timeout", s.cfg.StartTimeout, "state", w.state)
+	s.kill(w, syscall.SIGKILL, ReasonStartTimeout)
+}
+
+// kill signals w; a reason marks the exit as the worker's fault.
+func (s *Supervisor) kill(w *Worker, sig syscall.Signal, reason string) {
+	if reason != "" && w.killReason == "" {
+		w.killReason = reason
+	}
+	if err := w.proc.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		w.logger.Error(err, "Cannot signal worker", "signal", sig)
+	}
+}
+
+func (s *Supervisor) killAll(reaper *Reaper) {
+	s.shutdown = true
+	for _, w := range s.byPid {
+		s.kill(w, syscall.SIGKILL, "")
+	}
+	// Reap what we killed, briefly, so no zombie outlives the master.
+	deadline := time.NewTimer(2 * time.Second)
+	defer deadline.Stop()
+	for len(s.byPid) > 0 {
+		select {
+		case ex := <-reaper.Exits():
+			s.onExit(ex)
+		case <-deadline.C:
+			return
+		}
+	}
+}
