@@ -63,15 +63,15 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.SetOutput(stderr)
 	listen := &listFlag{values: []string{":8080"}}
 	fs.Var(listen, "listen", "address to accept on, repeatable: `ADDR` is :8080, 127.0.0.1:0, [::1]:8080, unix:/path or fd:N")
-	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "number of worker processes (default: GOMAXPROCS, which follows the container's CPU limit)")
-	schedule := fs.String("schedule", "", "`rr` (the master accepts and hands connections out round-robin) or shared (workers accept on the listening socket); default rr, or NODE_CLUSTER_SCHED_POLICY=rr|none")
+	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "`N` worker processes; the default is GOMAXPROCS, which follows the container's CPU limit")
+	schedule := fs.String("schedule", "", "`MODE`: rr (the master accepts and hands connections out round-robin) or shared (workers accept on the listening socket); default rr, or NODE_CLUSTER_SCHED_POLICY=rr|none")
 	startTimeout := fs.Duration("start-timeout", 30*time.Second, "a worker not listening this long after it starts is killed and counts as a crash")
 	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long workers get to finish in-flight work before SIGKILL")
 	killTimeout := fs.Duration("kill-timeout", 5*time.Second, "after a worker is sent SIGTERM, how long before SIGKILL")
 	queueSize := fs.Int("queue-size", 1024, "connections held per listener while every worker is busy; accepting pauses beyond it")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
-	fs.Var(klogFlags.Lookup("v").Value, "v", "log verbosity: 0 lifecycle, 2 per-worker detail, 4 per-connection")
+	fs.Var(klogFlags.Lookup("v").Value, "v", "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
 	fs.Usage = func() { usage(fs, stderr) }
 
 	if err := fs.Parse(args); err != nil {

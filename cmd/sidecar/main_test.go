@@ -1,0 +1,305 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestBadInput(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	cases := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"unknown flag", []string{"--bogus"}, 2, "flag provided but not defined: -bogus"},
+		{"zero workers", []string{"--workers", "0"}, 2, "--workers must be at least 1, got 0"},
+		{"bad listen", []string{"--listen", "127.0.0.1:99999"}, 2, `--listen: listen address "127.0.0.1:99999": port "99999" is not a number in 0-65535`},
+		{"bad listen host", []string{"--listen", "nohost:80"}, 2, `host "nohost" is not an IP address`},
+		{"port in use", []string{"--listen", busy.Addr().String()}, 1, "address already in use"},
+		{"no such command", []string{"--listen", "127.0.0.1:0", "--", "/no/such/worker"}, 2, `worker command "/no/such/worker"`},
+		{"bad schedule", []string{"--schedule", "random"}, 2, `--schedule must be rr or shared, got "random"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], tc.args...)
+			cmd.Env = append(os.Environ(), envRole+"=main")
+			out, err := cmd.CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok {
+				t.Fatalf("want exit code %d, got err %v; output:\n%s", tc.code, err, out)
+			}
+			if ee.ExitCode() != tc.code {
+				t.Errorf("exit code %d, want %d; output:\n%s", ee.ExitCode(), tc.code, out)
+			}
+			text := string(out)
+			if !strings.Contains(text, tc.want) {
+				t.Errorf("output does not say %q:\n%s", tc.want, text)
+			}
+			if tc.name == "unknown flag" {
+				if !strings.Contains(text, "Usage: sidecar") {
+					t.Errorf("no usage:\n%s", text)
+				}
+			} else if n := strings.Count(strings.TrimSpace(text), "\n"); n != 0 {
+				t.Errorf("want one line, got %d:\n%s", n+1, text)
+			}
+			if strings.Contains(text, "Worker forked") {
+				t.Errorf("a worker was started:\n%s", text)
+			}
+		})
+	}
+}
+
+func TestEnvSetsFlags(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envRole+"=main", "SIDECAR_WORKERS=abc")
+	out, _ := cmd.CombinedOutput()
+	if want := `invalid value "abc" for $SIDECAR_WORKERS`; !strings.Contains(string(out), want) {
+		t.Fatalf("output does not say %q:\n%s", want, out)
+	}
+}
+
+func TestHelpListsFlagsAndEnv(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "--help")
+	cmd.Env = append(os.Environ(), envRole+"=main")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+	for _, want := range []string{"--listen ADDR", "$SIDECAR_LISTEN", "--workers N", "$SIDECAR_DRAIN_TIMEOUT", `(default ":8080")`, "sidecar --workers 4 -- node server.js"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+}
+
+func TestHelloWorkersServeRoundRobin(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	seen := map[string]int{}
+	for range 20 {
+		id, body, err := get("http://" + m.addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(body, "hello from worker "+id+" (pid ") {
+			t.Fatalf("body %q does not name worker %q", body, id)
+		}
+		seen[id]++
+	}
+	if seen["1"] != 10 || seen["2"] != 10 {
+		t.Fatalf("want 10 requests per worker, got %v", seen)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+}
+
+func TestKilledWorkerIsReplacedWithinASecond(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	victim := m.workerPids()[1]
+
+	type result struct {
+		id  string
+		at  time.Time
+		err error
+	}
+	results := make(chan result, 64)
+	stop := make(chan struct{})
+	go func() { // the client loop: bounded in count and time
+		defer close(results)
+		end := time.Now().Add(15 * time.Second)
+		for i := 0; i < 5000 && time.Now().Before(end); i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			id, _, err := get("http://" + m.addr + "/")
+			results <- result{id, time.Now(), err}
+		}
+	}()
+	defer close(stop)
+	for range 10 { // the loop is running
+		if r := <-results; r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	killed := time.Now()
+	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for r := range results {
+		if r.err != nil {
+			t.Fatalf("request failed after the kill: %v", r.err)
+		}
+		if r.id == "3" {
+			if d := r.at.Sub(killed); d > time.Second {
+				t.Fatalf("the replacement served %v after the kill, want < 1s", d)
+			}
+			m.waitLine(`reason="signal"`, time.Second)
+			return
+		}
+	}
+	t.Fatal("the client loop ended before worker 3 served a request")
+}
+
+func TestSIGTERMFinishesRequestsInFlight(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--",
+		"env", envRole+"=worker-slow", os.Args[0])
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	resp, err := client.Get("http://" + m.addr + "/slow")
+	if err != nil { // headers are in: the request is in flight
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	m.signal(syscall.SIGTERM)
+	body, err := bufio.NewReader(resp.Body).ReadString(0)
+	if body != "slow done" {
+		t.Fatalf("in-flight request got %q (%v), want %q", body, err, "slow done")
+	}
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	m.waitLines(`reason="voluntary"`, 2, time.Second)
+}
+
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "1", "--",
+		"env", envRole+"=worker-slow", os.Args[0])
+	m.waitLine(`"Worker listening"`, 10*time.Second)
+	resp, err := client.Get("http://" + m.addr + "/slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	m.signal(syscall.SIGTERM)
+	m.waitLine(`"Draining"`, 5*time.Second)
+	m.signal(syscall.SIGINT)
+	if code := m.waitExit(5 * time.Second); code != 1 {
+		t.Fatalf("exit code %d after a second signal, want 1", code)
+	}
+}
+
+func TestSIGHUPDoesNotKill(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "1")
+	m.waitLine(`"Worker listening"`, 10*time.Second)
+	m.signal(syscall.SIGHUP)
+	m.waitLine("Ignoring SIGHUP", 5*time.Second)
+	if _, _, err := get("http://" + m.addr + "/"); err != nil {
+		t.Fatalf("request after SIGHUP: %v", err)
+	}
+}
+
+func TestWorkersDieWithTheMaster(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	pids := m.workerPids()
+	m.signal(syscall.SIGKILL)
+	m.waitExit(5 * time.Second)
+	waitFor(t, "workers to exit after the master was killed", time.Second, func() bool {
+		for _, pid := range pids {
+			if alive(pid) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestOrphansAreReaped runs the master as PID 1 of a new PID namespace
+// (and, in the second case, as a plain process, where it is a child
+// subreaper): a worker's orphaned grandchild is re-parented to it and must be
+// reaped, leaving no zombie.
+func TestOrphansAreReaped(t *testing.T) {
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Fatal("unshare (util-linux) is needed for the PID 1 test")
+	}
+	for _, tc := range []struct {
+		name   string
+		prefix []string
+	}{
+		{"pid1", []string{unshare, "--pid", "--fork", "--kill-child", "--mount-proc"}},
+		{"subreaper", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := startMaster(t, tc.prefix, "--listen", "127.0.0.1:0", "--workers", "1", "--",
+				"env", envRole+"=worker-orphan", os.Args[0])
+			m.waitLine(`"Worker listening"`, 10*time.Second)
+			pid := m.cmd.Process.Pid
+			if tc.prefix != nil {
+				pid = onlyChild(t, pid) // unshare forks the master
+			}
+			sawOrphan := false
+			waitFor(t, "the orphan to be adopted and reaped", 5*time.Second, func() bool {
+				kids := children(pid)
+				for _, k := range kids {
+					if k.comm == "sleep" {
+						sawOrphan = true
+					}
+					if k.state == "Z" {
+						return false
+					}
+				}
+				return sawOrphan && !hasComm(kids, "sleep")
+			})
+		})
+	}
+}
+
+type proc struct{ pid, comm, state string }
+
+func children(pid int) []proc {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var out []proc
+	for _, c := range strings.Fields(string(b)) {
+		st, err := os.ReadFile(filepath.Join("/proc", c, "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(st)
+		open, shut := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || shut < open || len(s) < shut+3 {
+			continue
+		}
+		out = append(out, proc{pid: c, comm: s[open+1 : shut], state: s[shut+2 : shut+3]})
+	}
+	return out
+}
+
+func hasComm(ps []proc, comm string) bool {
+	for _, p := range ps {
+		if p.comm == comm {
+			return true
+		}
+	}
+	return false
+}
+
+func onlyChild(t *testing.T, pid int) int {
+	t.Helper()
+	var kids []proc
+	waitFor(t, "unshare to fork", 5*time.Second, func() bool {
+		kids = children(pid)
+		return len(kids) == 1
+	})
+	n, _ := strconv.Atoi(kids[0].pid)
+	return n
+}
