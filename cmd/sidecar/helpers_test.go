@@ -99,6 +99,12 @@ func startMaster(t *testing.T, prefix []string, args ...string) *master {
 	argv := append(append(append([]string{}, prefix...), os.Args[0]), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), envRole+"=main")
+	return startCmd(t, cmd)
+}
+
+// startCmd starts a prepared master command (see startMaster).
+func startCmd(t *testing.T, cmd *exec.Cmd) *master {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
