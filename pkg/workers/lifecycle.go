@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sidecar-project/sidecar/pkg/ipc"
 )
 
@@ -185,11 +187,13 @@ func (s *Supervisor) beginShutdown(deadline time.Duration) {
 		}
 	}
 	for _, w := range s.byPid {
-		s.disconnect(w, 0, deadline)
-		if w.state == Disconnecting && len(w.timers) == 0 {
-			// Already leaving on its own: hold it to the same deadline.
+		if w.state >= Disconnecting {
+			// Already leaving on its own (its timers, if any, may be
+			// later or none): hold it to the same deadline.
 			w.after(deadline, func() { s.post(timerEvent{w, s.killLate}) })
+			continue
 		}
+		s.disconnect(w, 0, deadline)
 	}
 }
 
@@ -276,7 +280,11 @@ func exitReason(w *Worker, ws syscall.WaitStatus) string {
 
 func describe(ws syscall.WaitStatus) string {
 	if ws.Signaled() {
-		return "killed by " + ws.Signal().String()
+		// Signal.String is "killed" for SIGKILL: name the signal instead.
+		if name := unix.SignalName(ws.Signal()); name != "" {
+			return "killed by " + name
+		}
+		return fmt.Sprintf("killed by signal %d", int(ws.Signal()))
 	}
 	return fmt.Sprintf("exit code %d", ws.ExitStatus())
 }

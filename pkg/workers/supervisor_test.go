@@ -1,0 +1,319 @@
+package workers
+
+import (
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A worker that keeps crashing is respawned after a delay that doubles from
+// BackoffMin up to BackoffMax.
+func TestRespawnBackoffGrows(t *testing.T) {
+	const forks = 6
+	cfg := Config{
+		Workers: 1, BackoffMin: 20 * time.Millisecond, BackoffMax: 320 * time.Millisecond,
+		MaxStartFailures: 1000, StableAfter: time.Hour,
+	}
+	p := startPool(t, "crash", cfg)
+	evs, _ := p.await(20*time.Second, "6 forks of slot 0", func(evs []event, _ []Info) bool {
+		return len(pick(evs, kindForked, 0)) >= forks
+	})
+	forked, exited := pick(evs, kindForked, 0), pick(evs, kindExited, 0)
+	if len(exited) < forks-1 || len(pick(evs, kindRestarted, 0)) < forks-1 {
+		t.Fatalf("want %d exits and restarts before fork %d, got:\n%s", forks-1, forks, formatEvents(evs))
+	}
+	var gaps []time.Duration
+	for k := range forks - 1 {
+		if exited[k].reason != ReasonCrash {
+			t.Errorf("exit %d: reason %q, want %q", k, exited[k].reason, ReasonCrash)
+		}
+		// The respawn timer starts after Exited is reported: this bound
+		// is exact, whatever the machine's load.
+		want := min(cfg.BackoffMin<<k, cfg.BackoffMax)
+		if d := forked[k+1].at.Sub(exited[k].at); d < want {
+			t.Errorf("respawn %d came %v after the exit, want at least %v", k+1, d, want)
+		}
+		gaps = append(gaps, forked[k+1].at.Sub(forked[k].at))
+	}
+	t.Logf("gaps between forks: %v", gaps)
+	// Process start-up adds the same cost to every gap; the backoff adds
+	// 20ms to the first and 320ms to the last.
+	if gaps[3] <= gaps[0] || gaps[4] <= gaps[1] {
+		t.Errorf("gaps between forks do not grow: %v", gaps)
+	}
+}
+
+// A worker that leaves on purpose (exitedAfterDisconnect) is not respawned,
+// while an accidental exit in another slot still is.
+func TestVoluntaryExitNotRespawned(t *testing.T) {
+	p := startPool(t, "voluntary,serve", Config{Workers: 2})
+	p.await(10*time.Second, "slot 0 to leave", func(evs []event, _ []Info) bool {
+		return len(pick(evs, kindExited, 0)) > 0
+	})
+	first := p.awaitListening(10*time.Second, 1)[1]
+	evs := p.rec.snapshot()
+	if ex := pick(evs, kindExited, 0); ex[0].reason != ReasonVoluntary {
+		t.Fatalf("slot 0 exited with reason %q, want %q", ex[0].reason, ReasonVoluntary)
+	}
+	if !slices.ContainsFunc(pick(evs, kindState, 0), func(e event) bool { return e.to == Listening }) {
+		t.Errorf("slot 0 never listened before leaving:\n%s", formatEvents(evs))
+	}
+
+	// No event says "not respawned"; this one comes after any respawn would
+	// have. A respawn of slot 0 would have been scheduled BackoffMin after
+	// its exit was handled. Slot 1's is scheduled with the same delay (no
+	// failures yet) but later: once the test has seen slot 0 leave, killed
+	// slot 1's worker and the master has reaped it. Its replacement must
+	// then start and serve before we look.
+	sigkill(t, first.Pid)
+	p.await(10*time.Second, "slot 1 to be respawned", func(evs []event, _ []Info) bool {
+		return len(pick(evs, kindRestarted, 1)) > 0
+	})
+	second := p.awaitListening(10*time.Second, 1)[1]
+	c := newClient()
+	for range 3 {
+		if id, err := get(c, p.addr); err != nil || id != second.ID {
+			t.Fatalf("request: worker %d, %v; want worker %d", id, err, second.ID)
+		}
+	}
+
+	evs, ws := p.rec.snapshot(), p.sup.Workers()
+	if n := len(pick(evs, kindRestarted, 0)); n != 0 {
+		t.Errorf("slot 0 was restarted %d times after leaving on purpose", n)
+	}
+	if n := len(pick(evs, kindForked, 0)); n != 1 {
+		t.Errorf("slot 0 forked %d workers, want 1", n)
+	}
+	if ex := pick(evs, kindExited, 1); len(ex) != 1 || ex[0].reason != ReasonSignal {
+		t.Errorf("slot 1 exits: %v, want one %q", ex, ReasonSignal)
+	}
+	for _, w := range ws {
+		if w.Slot == 0 {
+			t.Errorf("slot 0 has a worker again: %+v", w)
+		}
+	}
+	p.sup.Shutdown(5 * time.Second)
+	if err := p.wait(10 * time.Second); err != nil {
+		t.Errorf("Run after Shutdown: %v", err)
+	}
+}
+
+// A worker that does not listen within StartTimeout is killed and respawned.
+func TestStartTimeout(t *testing.T) {
+	cfg := Config{Workers: 1, StartTimeout: 500 * time.Millisecond, MaxStartFailures: 100}
+	p := startPool(t, "silent", cfg)
+	evs, _ := p.await(10*time.Second, "a respawn after the start timeout", func(evs []event, _ []Info) bool {
+		return len(pick(evs, kindForked, 0)) >= 2
+	})
+	forked, exited := pick(evs, kindForked, 0), pick(evs, kindExited, 0)
+	if len(exited) == 0 || exited[0].reason != ReasonStartTimeout {
+		t.Fatalf("want an exit with reason %q first:\n%s", ReasonStartTimeout, formatEvents(evs))
+	}
+	if d := exited[0].at.Sub(forked[0].at); d < cfg.StartTimeout {
+		t.Errorf("killed %v after the fork, before the start timeout %v", d, cfg.StartTimeout)
+	}
+	if len(pick(evs, kindRestarted, 0)) == 0 {
+		t.Errorf("no Restarted before the second fork:\n%s", formatEvents(evs))
+	}
+	if !slices.ContainsFunc(pick(evs, kindState, 0), func(e event) bool { return e.to == Online }) {
+		t.Errorf("the silent worker never came online:\n%s", formatEvents(evs))
+	}
+}
+
+// When every worker keeps failing before it listens, Run gives up.
+func TestGiveUpWhenEveryWorkerFails(t *testing.T) {
+	cfg := Config{
+		Workers: 2, MaxStartFailures: 3,
+		BackoffMin: 5 * time.Millisecond, BackoffMax: 20 * time.Millisecond,
+	}
+	p := startPool(t, "crash", cfg)
+	err := p.wait(20 * time.Second)
+	if err == nil || !strings.Contains(err.Error(), "giving up") {
+		t.Fatalf("Run returned %v, want an error about giving up", err)
+	}
+	evs := p.rec.snapshot()
+	for slot := range cfg.Workers {
+		exits := pick(evs, kindExited, slot)
+		crashes := 0
+		for i, e := range exits {
+			switch {
+			case e.reason == ReasonCrash:
+				crashes++
+			case e.reason == ReasonSignal && i == len(exits)-1:
+				// A respawned worker still starting when Run gave up,
+				// killed on the way out.
+			default:
+				t.Errorf("slot %d exit %d: reason %q, want %q", slot, i, e.reason, ReasonCrash)
+			}
+		}
+		if crashes < cfg.MaxStartFailures {
+			t.Errorf("slot %d crashed %d times, want at least %d", slot, crashes, cfg.MaxStartFailures)
+		}
+	}
+	if ws := p.sup.Workers(); len(ws) != 0 {
+		t.Errorf("workers after Run returned: %+v", ws)
+	}
+}
+
+// A worker that breaks the protocol is killed and replaced; the master goes
+// on.
+func TestProtocolErrorReplacesWorker(t *testing.T) {
+	for _, helper := range []string{"garbage-json", "garbage-long"} {
+		t.Run(helper, func(t *testing.T) {
+			p := startPool(t, helper, Config{Workers: 1})
+			evs, _ := p.await(10*time.Second, "worker 1 to exit", func(evs []event, _ []Info) bool {
+				return len(pick(evs, kindExited, 0)) > 0
+			})
+			if r := pick(evs, kindExited, 0)[0].reason; r != ReasonProtocolError {
+				t.Fatalf("worker 1 exited with reason %q, want %q", r, ReasonProtocolError)
+			}
+			w := p.awaitListening(10*time.Second, 0)[0]
+			if w.ID != 2 {
+				t.Errorf("replacement has id %d, want 2", w.ID)
+			}
+			if id, err := get(newClient(), p.addr); err != nil || id != w.ID {
+				t.Errorf("request: worker %d, %v; want worker %d", id, err, w.ID)
+			}
+			if !p.running() {
+				t.Fatalf("Run returned: %v", p.runErr)
+			}
+			p.sup.Shutdown(5 * time.Second)
+			if err := p.wait(10 * time.Second); err != nil {
+				t.Errorf("Run after Shutdown: %v", err)
+			}
+		})
+	}
+}
+
+// A worker killed by SIGKILL while a client keeps asking is replaced by a
+// new worker (new id) that serves within a second, and no request fails:
+// the connections that reach the dead worker before the master notices are
+// given to another worker, the rest wait in the backlog or the queue.
+//
+// The kill lands between two requests, right after slot 1 answered, so the
+// next connection is headed for the dying worker. A kill at an arbitrary
+// moment could also hit a connection the worker has already taken
+// (accepted:true, the master has closed its copy): that request fails with
+// the worker, whatever the master does.
+func TestKilledWorkerIsReplaced(t *testing.T) {
+	p := startPool(t, "serve", Config{Workers: 2})
+	old := p.awaitListening(10*time.Second, 0, 1)
+	killed := make(chan struct{})
+	var killedAt time.Time
+	var killErr error
+	cl := startClientLoop(p.addr, 5000, 20*time.Second, func(as []answer) bool {
+		if len(as) < 20 || as[len(as)-1].id != old[1].ID {
+			return false
+		}
+		killedAt, killErr = time.Now(), syscall.Kill(old[0].Pid, syscall.SIGKILL)
+		close(killed)
+		return true
+	})
+	defer cl.halt(t)
+	select {
+	case <-killed:
+	case <-time.After(10 * time.Second):
+		as, errs := cl.results()
+		t.Fatalf("the client loop never killed the worker: %d answers, errors %v", len(as), errs)
+	}
+	if killErr != nil {
+		t.Fatalf("kill %d: %v", old[0].Pid, killErr)
+	}
+
+	evs, _ := p.await(5*time.Second, "slot 0 to exit", func(evs []event, _ []Info) bool {
+		return len(pick(evs, kindExited, 0)) > 0
+	})
+	if r := pick(evs, kindExited, 0)[0].reason; r != ReasonSignal {
+		t.Errorf("slot 0 exited with reason %q, want %q", r, ReasonSignal)
+	}
+	nw := p.awaitListening(5*time.Second, 0)[0]
+	if nw.ID == old[0].ID || nw.ID == old[1].ID {
+		t.Errorf("replacement has the old id %d", nw.ID)
+	}
+	as := cl.await(t, 5*time.Second, "an answer from the replacement", func(as []answer) bool {
+		return slices.ContainsFunc(as, func(a answer) bool { return a.id == nw.ID })
+	})
+	i := slices.IndexFunc(as, func(a answer) bool { return a.id == nw.ID })
+	if d := as[i].at.Sub(killedAt); d > time.Second {
+		t.Errorf("the replacement first served %v after the kill, want within 1s", d)
+	}
+	n := len(as)
+	cl.await(t, 10*time.Second, "20 more answers", func(as []answer) bool { return len(as) >= n+20 })
+	as, errs := cl.halt(t)
+	for _, err := range errs {
+		t.Errorf("request failed: %v", err)
+	}
+	conns := p.conns.awaitAllTaken(t, 5*time.Second)
+	t.Logf("%d requests, %d failed; %d connections, %d given again after the worker died; replacement served %v after the kill",
+		len(as)+len(errs), len(errs), conns, p.conns.workerDied.Load(), as[i].at.Sub(killedAt).Round(time.Millisecond))
+}
+
+// Shutdown disconnects every worker; they leave on purpose and Run returns
+// nil.
+func TestShutdown(t *testing.T) {
+	p := startPool(t, "serve", Config{Workers: 2})
+	ws := p.awaitListening(10*time.Second, 0, 1)
+	c := newClient()
+	seen := map[int]bool{}
+	for range 4 {
+		id, err := get(c, p.addr)
+		if err != nil {
+			t.Fatalf("request: %v", err)
+		}
+		seen[id] = true
+	}
+	if !seen[ws[0].ID] || !seen[ws[1].ID] {
+		t.Errorf("4 requests reached workers %v, want both %d and %d", seen, ws[0].ID, ws[1].ID)
+	}
+	p.sup.Shutdown(5 * time.Second)
+	if err := p.wait(10 * time.Second); err != nil {
+		t.Fatalf("Run after Shutdown: %v", err)
+	}
+	evs := p.rec.snapshot()
+	exits := pick(evs, kindExited, -1)
+	if len(exits) != 2 {
+		t.Errorf("%d exits, want 2:\n%s", len(exits), formatEvents(evs))
+	}
+	for _, e := range exits {
+		if e.reason != ReasonVoluntary {
+			t.Errorf("slot %d exited with reason %q, want %q", e.slot, e.reason, ReasonVoluntary)
+		}
+	}
+	if n := len(pick(evs, kindRestarted, -1)); n != 0 {
+		t.Errorf("%d restarts during shutdown", n)
+	}
+}
+
+// A worker that already left on its own but does not exit is still held to
+// Shutdown's deadline.
+func TestShutdownDeadlineKillsLingeringWorker(t *testing.T) {
+	p := startPool(t, "linger", Config{Workers: 1})
+	p.await(10*time.Second, "the worker to leave", func(evs []event, _ []Info) bool {
+		return slices.ContainsFunc(pick(evs, kindState, 0), func(e event) bool { return e.to == Disconnecting })
+	})
+	start := time.Now()
+	p.sup.Shutdown(200 * time.Millisecond)
+	if err := p.wait(5 * time.Second); err != nil {
+		t.Fatalf("Run after Shutdown: %v", err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Errorf("Run returned %v after Shutdown, before its deadline", d)
+	}
+	if ex := pick(p.rec.snapshot(), kindExited, 0); len(ex) != 1 || ex[0].reason != ReasonVoluntary {
+		t.Errorf("exits %v, want one %q", ex, ReasonVoluntary)
+	}
+}
+
+func TestDescribeNamesTheSignal(t *testing.T) {
+	for ws, want := range map[syscall.WaitStatus]string{
+		syscall.WaitStatus(syscall.SIGKILL): "killed by SIGKILL",
+		syscall.WaitStatus(syscall.SIGTERM): "killed by SIGTERM",
+		syscall.WaitStatus(3 << 8):          "exit code 3",
+	} {
+		if got := describe(ws); got != want {
+			t.Errorf("describe(%#x) = %q, want %q", int(ws), got, want)
+		}
+	}
+}
