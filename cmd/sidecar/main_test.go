@@ -145,9 +145,16 @@ func TestKilledWorkerIsReplacedWithinASecond(t *testing.T) {
 	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	// A request the victim had already accepted dies with it (no master can
+	// save a connection a worker has taken); every other one must succeed.
+	// The client loop has one request in flight, so at most one fails.
+	failed := 0
 	for r := range results {
 		if r.err != nil {
-			t.Fatalf("request failed after the kill: %v", r.err)
+			if failed++; failed > 1 {
+				t.Fatalf("more than the victim's in-flight request failed: %v", r.err)
+			}
+			continue
 		}
 		if r.id == "3" {
 			if d := r.at.Sub(killed); d > time.Second {

@@ -42,7 +42,10 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 	case ipc.ActExitedAfterDisconnect:
 		w.voluntary = true
 		s.reg.Remove(w)
-		s.setState(w, Disconnecting)
+		if w.state < Disconnecting {
+			s.setState(w, Disconnecting)
+			s.escalate(w, s.cfg.DisconnectTimeout) // it must still exit
+		}
 		w.logger.Info("Worker is leaving on purpose")
 		s.reply(w, m, nil, -1)
 	default:
@@ -127,13 +130,26 @@ func (s *Supervisor) onChannelEnd(w *Worker, err error) {
 		return
 	}
 	if w.state < Disconnecting {
-		// It disconnected on its own (Node's process.disconnect()): it can
-		// get no more work; let it finish, then make it go.
-		w.logger.Info("Worker closed its channel", "reason", err)
-		s.setState(w, Disconnecting)
-		s.escalate(w, s.cfg.DisconnectTimeout)
+		// Usually the worker died and its exit is on the way. If it is still
+		// there shortly, it disconnected on its own (Node's
+		// process.disconnect()): it can get no more work; let it finish,
+		// then make it go.
+		w.after(channelEndGrace, func() {
+			s.post(timerEvent{w, func(w *Worker) {
+				if w.state >= Disconnecting {
+					return
+				}
+				w.logger.Info("Worker closed its channel", "reason", err)
+				s.setState(w, Disconnecting)
+				s.escalate(w, s.cfg.DisconnectTimeout)
+			}})
+		})
 	}
 }
+
+// channelEndGrace is how long a worker whose channel ended may take to be
+// reaped before it is treated as alive and disconnected.
+const channelEndGrace = 200 * time.Millisecond
 
 // disconnect asks w to leave: it closes its servers, finishes what it has in
 // flight and exits; the exit is voluntary. SIGTERM follows after termAfter
@@ -242,7 +258,14 @@ func (s *Supervisor) afterAccidentalExit(i int, listeningAt time.Time, why error
 		s.giveUp = fmt.Errorf("giving up: every worker failed %d times in a row before listening (last: %w)", s.cfg.MaxStartFailures, why)
 		return
 	}
-	delay := min(s.cfg.BackoffMin<<min(sl.failures, 30), s.cfg.BackoffMax)
+	delay := s.cfg.BackoffMin
+	for range sl.failures {
+		if delay >= s.cfg.BackoffMax {
+			break
+		}
+		delay *= 2
+	}
+	delay = min(delay, s.cfg.BackoffMax)
 	sl.failures++
 	s.logger.Info("Respawning worker", "slot", i, "delay", delay, "failures", sl.failures)
 	slot := i

@@ -334,6 +334,7 @@ func (s *Supervisor) kill(w *Worker, sig syscall.Signal, reason string) {
 func (s *Supervisor) killAll(reaper *Reaper) {
 	s.shutdown = true
 	for _, w := range s.byPid {
+		w.voluntary = true // the master asked for this exit
 		s.kill(w, syscall.SIGKILL, "")
 	}
 	// Reap what we killed, briefly, so no zombie outlives the master.
