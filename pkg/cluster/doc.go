@@ -2,12 +2,20 @@
 // Node.js-compatible cluster primary). It is the worker side of the protocol
 // in pkg/ipc, the same one an unmodified Node.js worker speaks.
 //
-// Three lines turn an HTTP server into a worker:
+// A few lines turn an HTTP server into a worker:
 //
 //	ln, err := cluster.Listen("tcp", ":8080") // fed by the master under sidecar
 //	srv := &http.Server{Handler: h}
-//	cluster.OnDisconnect(func() { srv.Shutdown(context.Background()) })
-//	srv.Serve(ln)
+//	drained := make(chan struct{})
+//	cluster.OnDisconnect(func() { srv.Shutdown(context.Background()); close(drained) })
+//	err = srv.Serve(ln)
+//	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+//		<-drained // let the requests in flight finish before main returns
+//	}
+//
+// A disconnect closes ln before the hooks run, so Serve may return
+// net.ErrClosed rather than http.ErrServerClosed: both are the normal end,
+// and Serve returns before Shutdown has finished, so wait for it.
 //
 // Run outside a master (no NODE_UNIQUE_ID in the environment), Listen is
 // net.Listen and the program works on its own.

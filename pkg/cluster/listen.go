@@ -125,9 +125,10 @@ func (w *Worker) listenerFor(network string, q query, r *ipc.Message) (net.Liste
 			port = ta.Port
 		}
 		sl := &sharedListener{Listener: ln, w: w, key: r.Key}
-		w.mu.Lock()
-		w.shared[r.Key] = sl
-		w.mu.Unlock()
+		if !w.register(r.Key, nil, sl) {
+			ln.Close()
+			return nil, 0, net.ErrClosed
+		}
 		return sl, port, nil
 	}
 	var addr net.Addr
@@ -145,10 +146,27 @@ func (w *Worker) listenerFor(network string, q query, r *ipc.Message) (net.Liste
 		pending: make(chan handoff, 16),
 		closed:  make(chan struct{}),
 	}
-	w.mu.Lock()
-	w.servers[r.Key] = l
-	w.mu.Unlock()
+	if !w.register(r.Key, l, nil) {
+		return nil, 0, net.ErrClosed
+	}
 	return l, port, nil
+}
+
+// register records a new listener so that a disconnect closes it, unless
+// the disconnect has already begun (it came while Listen waited for its
+// reply): then it reports false and the listener must not be used.
+func (w *Worker) register(key string, rr *rrListener, sl *sharedListener) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.disconnecting {
+		return false
+	}
+	if rr != nil {
+		w.servers[key] = rr
+	} else {
+		w.shared[key] = sl
+	}
+	return true
 }
 
 func makeQuery(network, address string) (query, error) {

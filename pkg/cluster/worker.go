@@ -119,7 +119,6 @@ func (w *Worker) ID() int { return w.id }
 
 func (w *Worker) serve() {
 	w.ch.Serve(w.handle)
-	close(w.ended)
 	w.mu.Lock()
 	leaving := w.disconnecting
 	w.mu.Unlock()
@@ -127,6 +126,7 @@ func (w *Worker) serve() {
 		// The master is gone: a worker must not outlive it.
 		w.exit(0)
 	}
+	close(w.ended) // after the exit decision, so tests can observe it
 }
 
 func (w *Worker) handle(m *ipc.Message) {
@@ -150,7 +150,12 @@ func (w *Worker) handle(m *ipc.Message) {
 	case ipc.ActNewConn:
 		w.onNewConn(m)
 	case ipc.ActDisconnect:
-		go w.leave(true)
+		// Mark the worker as leaving before the next message is read: if
+		// the master closes the channel right after its disconnect, serve
+		// must not take that for the master's death and exit.
+		if closers, hooks, ok := w.beginLeave(); ok {
+			go w.finishLeave(closers, hooks, true)
+		}
 	default:
 		if m.FD >= 0 {
 			syscall.Close(m.FD)
@@ -205,7 +210,10 @@ func (w *Worker) request(body any, timeout time.Duration) (*ipc.Message, error) 
 // Send sends v to the master as a user message (Node's process.send).
 func (w *Worker) Send(v any) error { return w.ch.SendUser(v) }
 
-// OnMessage registers f for every user message from the master.
+// OnMessage registers f for every user message from the master. f runs on
+// the channel's reader goroutine, in message order: it must not block, and
+// must not call Listen or Disconnect itself (their replies could not be
+// read until f returns); start a goroutine for that.
 func (w *Worker) OnMessage(f func(json.RawMessage)) {
 	w.mu.Lock()
 	w.onMessage = append(w.onMessage, f)
@@ -230,22 +238,35 @@ func (w *Worker) Disconnected() <-chan struct{} { return w.disconnected }
 func (w *Worker) Disconnect() error { return w.leave(false) }
 
 func (w *Worker) leave(masterAsked bool) error {
-	w.mu.Lock()
-	if w.disconnecting {
-		w.mu.Unlock()
+	closers, hooks, ok := w.beginLeave()
+	if !ok {
 		return nil
+	}
+	return w.finishLeave(closers, hooks, masterAsked)
+}
+
+// beginLeave marks the worker as leaving and returns its listeners and
+// hooks; ok is false when it was already leaving.
+func (w *Worker) beginLeave() (closers []interface{ Close() error }, hooks []func(), ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.disconnecting {
+		return nil, nil, false
 	}
 	w.disconnecting = true
 	close(w.disconnected)
-	var closers []interface{ Close() error }
 	for _, l := range w.servers {
 		closers = append(closers, l)
 	}
 	for _, l := range w.shared {
 		closers = append(closers, l)
 	}
-	hooks := append([]func(){}, w.onDisconnect...)
-	w.mu.Unlock()
+	return closers, append([]func(){}, w.onDisconnect...), true
+}
+
+// finishLeave closes the listeners, tells the master unless it asked, runs
+// the hooks and closes the channel.
+func (w *Worker) finishLeave(closers []interface{ Close() error }, hooks []func(), masterAsked bool) error {
 	for _, c := range closers {
 		c.Close()
 	}
