@@ -34,9 +34,10 @@ func (l *Listener) dispatch(c *conn) bool {
 	}
 	m.busy = true
 	l.inflight++
+	more := !l.paused // free workers while paused: refused connections await a retry
 	l.mu.Unlock()
 	l.send(handoff{m, c})
-	return true
+	return more
 }
 
 // send does one handoff; a failed send is a reply with an error.
@@ -68,10 +69,19 @@ func (l *Listener) onReply(m *member, c *conn, r *ipc.Message, err error) {
 		c.refusedBy = m.t
 		c.refusals++
 		l.opts.Observer.Redispatched(ReasonRejected)
-		if c.refusals >= l.liveMembersLocked() {
-			l.delayLocked(c)
+		// Another free worker takes it at once. With none (all refused it,
+		// or the others are busy) it is retried after a backoff: queued, it
+		// would wait for a busy worker while this one may be free first.
+		var o *member
+		if c.refusals < l.liveMembersLocked() {
+			o = l.nextFreeLocked(m.t)
+		}
+		if o != nil && o != m {
+			o.busy = true
+			l.inflight++
+			next = append(next, handoff{o, c})
 		} else {
-			next = l.placeLocked(c, m.t, next)
+			l.delayLocked(c)
 		}
 	}
 	if !m.gone {
@@ -110,10 +120,7 @@ func (l *Listener) takeQueuedLocked(m *member, next []handoff) []handoff {
 		l.queue[len(l.queue)-1] = nil
 		l.queue = l.queue[:len(l.queue)-1]
 		l.opts.Observer.QueueLength(-1)
-		if l.paused && len(l.queue) < l.opts.QueueSize {
-			l.paused = false
-			signal(l.wake)
-		}
+		l.updatePausedLocked()
 		m.busy = true
 		l.inflight++
 		return append(next, handoff{m, c})
@@ -130,15 +137,24 @@ func (l *Listener) enqueueLocked(c *conn, front bool) {
 		l.queue = append(l.queue, c)
 	}
 	l.opts.Observer.QueueLength(+1)
-	if len(l.queue) >= l.opts.QueueSize {
-		l.paused = true
-	}
+	l.updatePausedLocked()
 }
 
-// delayLocked retries, after a backoff, a connection every worker refused:
-// they are all at capacity, and asking again at once would only spin.
+// updatePausedLocked pauses accepting while QueueSize connections wait for
+// a worker (queued, or refused and waiting for a retry) and resumes below.
+func (l *Listener) updatePausedLocked() {
+	full := len(l.queue)+l.delayed >= l.opts.QueueSize
+	if l.paused && !full {
+		signal(l.wake)
+	}
+	l.paused = full
+}
+
+// delayLocked retries, after a backoff, a refused connection no other free
+// worker could take: asking again at once would only spin.
 func (l *Listener) delayLocked(c *conn) {
 	l.delayed++
+	l.updatePausedLocked()
 	rounds := c.refusals / max(1, l.liveMembersLocked())
 	d := min(5*time.Millisecond<<min(rounds, 8), time.Second)
 	time.AfterFunc(d, func() {
@@ -146,6 +162,7 @@ func (l *Listener) delayLocked(c *conn) {
 		l.delayed--
 		c.refusedBy = nil
 		next := l.placeLocked(c, nil, nil)
+		l.updatePausedLocked()
 		l.mu.Unlock()
 		for _, h := range next {
 			l.send(h)

@@ -15,10 +15,12 @@
 //   - a worker is free when it has no unacknowledged handoff on that
 //     listener; connections go to free workers in turn;
 //   - a worker that answers accepted:false (at capacity, closing) makes the
-//     connection go to the next worker; when every worker refused it, it is
-//     retried after a short backoff instead of spinning;
+//     connection go to the next free worker; when there is none (every
+//     worker refused it, or the others are busy), it is retried after a
+//     short backoff instead of spinning or waiting for a busy worker;
 //   - when no worker is free, connections wait in a bounded queue; when that
-//     is full, accepting pauses and the kernel backlog is the buffer;
+//     (with the refused connections awaiting a retry) is full, accepting
+//     pauses and the kernel backlog is the buffer;
 //   - the master keeps its copy of the fd until a worker answers
 //     accepted:true, so a worker that dies with a handoff in flight loses
 //     nothing: the connection goes to another worker.

@@ -138,7 +138,7 @@ func (l *Listener) serve(ctx context.Context) {
 		var aerr error
 		err := l.rc.Read(func(fd uintptr) bool {
 			for n := 0; ; n++ {
-				nfd, _, e := unix.Accept4(int(fd), unix.SOCK_CLOEXEC)
+				nfd, e := accept(int(fd))
 				switch e {
 				case nil:
 				case unix.EAGAIN:
@@ -182,6 +182,17 @@ func (l *Listener) serve(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// accept is accept4(2) without the peer's address: unix.Accept4 decodes
+// it, which costs an allocation and a getsockopt(SO_PROTOCOL) per
+// connection, and the address is not used.
+func accept(fd int) (int, error) {
+	nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(nfd), nil
 }
 
 func temporary(err error) bool {
@@ -236,7 +247,7 @@ func (l *Listener) acceptBacklog() int {
 	n := 0
 	_ = l.rc.Control(func(fd uintptr) {
 		for {
-			nfd, _, e := unix.Accept4(int(fd), unix.SOCK_CLOEXEC)
+			nfd, e := accept(int(fd))
 			if e == unix.EINTR || e == unix.ECONNABORTED {
 				continue
 			}
@@ -281,6 +292,7 @@ func (l *Listener) closeQueued() int {
 	l.mu.Lock()
 	q := l.queue
 	l.queue = nil
+	l.opts.Observer.QueueLength(-len(q))
 	l.mu.Unlock()
 	for _, c := range q {
 		unix.Close(c.fd)
