@@ -24,7 +24,11 @@ type config struct {
 	drainTimeout time.Duration
 	killTimeout  time.Duration
 	queueSize    int
-	command      []string // empty: the built-in hello worker
+	adminAddr    string
+	enablePprof  bool
+	minReady     int
+	shutdown     time.Duration // --shutdown-delay
+	command      []string      // empty: the built-in hello worker
 }
 
 // listFlag is a repeatable flag whose default is replaced by the first Set.
@@ -69,6 +73,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long workers get to finish in-flight work before SIGKILL")
 	killTimeout := fs.Duration("kill-timeout", 5*time.Second, "after a worker is sent SIGTERM, how long before SIGKILL")
 	queueSize := fs.Int("queue-size", 1024, "connections held per listener while every worker is busy; accepting pauses beyond it")
+	adminAddr := fs.String("admin-addr", ":9901", "`ADDR` of the admin server (/metrics, /livez, /readyz, /healthz); \"\" disables it")
+	enablePprof := fs.Bool("enable-pprof", false, "serve /debug/pprof/ on the admin server")
+	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of --workers")
+	shutdownDelay := fs.Duration("shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing (so endpoints drop the pod) before draining")
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	fs.Var(klogFlags.Lookup("v").Value, "v", "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
@@ -86,6 +94,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	c := &config{
 		workers: *workers, schedule: *schedule, startTimeout: *startTimeout,
 		drainTimeout: *drainTimeout, killTimeout: *killTimeout, queueSize: *queueSize,
+		adminAddr: *adminAddr, enablePprof: *enablePprof, minReady: *minReady, shutdown: *shutdownDelay,
 		command: fs.Args(),
 	}
 	if c.schedule == "" {
@@ -133,6 +142,15 @@ func (c *config) validate(listen []string) error {
 		if d.v <= 0 {
 			return usageError{fmt.Sprintf("--%s must be positive, got %v", d.name, d.v)}
 		}
+	}
+	if c.minReady < 0 || c.minReady > c.workers {
+		return usageError{fmt.Sprintf("--min-ready must be between 0 and --workers (%d), got %d", c.workers, c.minReady)}
+	}
+	if c.minReady == 0 {
+		c.minReady = c.workers
+	}
+	if c.shutdown < 0 {
+		return usageError{fmt.Sprintf("--shutdown-delay must not be negative, got %v", c.shutdown)}
 	}
 	if c.queueSize < 1 {
 		return usageError{fmt.Sprintf("--queue-size must be at least 1, got %d", c.queueSize)}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,6 +97,9 @@ var listeningRE = regexp.MustCompile(`"Listening" listener=\S+ address="([^"]+)"
 // wraps it (e.g. unshare). It waits until the master has bound its listener.
 func startMaster(t *testing.T, prefix []string, args ...string) *master {
 	t.Helper()
+	if !slices.Contains(args, "--admin-addr") { // never the fixed default port
+		args = append([]string{"--admin-addr", "127.0.0.1:0"}, args...)
+	}
 	argv := append(append(append([]string{}, prefix...), os.Args[0]), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), envRole+"=main")

@@ -83,7 +83,7 @@ func TestInheritedListener(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close() // f keeps the socket
 	defer f.Close()
-	cmd := exec.Command(os.Args[0], "--listen", "fd:3", "--workers", "2")
+	cmd := exec.Command(os.Args[0], "--admin-addr", "127.0.0.1:0", "--listen", "fd:3", "--workers", "2")
 	cmd.Env = append(os.Environ(), envRole+"=main")
 	cmd.ExtraFiles = []*os.File{f}
 	m := startCmd(t, cmd)

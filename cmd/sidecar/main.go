@@ -17,10 +17,12 @@ import (
 	"time"
 
 	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/sidecar-project/sidecar/pkg/acceptor"
 	"github.com/sidecar-project/sidecar/pkg/hello"
+	"github.com/sidecar-project/sidecar/pkg/metrics"
 	"github.com/sidecar-project/sidecar/pkg/workers"
 )
 
@@ -51,22 +53,19 @@ func runMaster(args []string) int {
 		fmt.Fprintf(os.Stderr, "sidecar: %s\n", ue.msg)
 		return 2
 	}
-	acc := acceptor.New(acceptor.Options{Shared: cfg.schedule == "shared", QueueSize: cfg.queueSize})
-	if err := acc.Bind(cfg.listen); err != nil {
+	m, err := newApp(cfg)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "sidecar: %v\n", err)
 		return 1
 	}
-	sup, err := workers.New(workerConfig(cfg, acc), acc)
-	if err != nil {
-		acc.Close()
-		fmt.Fprintf(os.Stderr, "sidecar: %v\n", err)
-		return 2
-	}
-	for _, l := range acc.Listeners() {
+	for _, l := range m.acc.Listeners() {
 		klog.InfoS("Listening", "listener", l.Name(), "address", l.Addr().String())
 	}
+	if m.admin != nil {
+		klog.InfoS("Admin server listening", "address", m.admin.ln.Addr().String())
+	}
 	klog.InfoS("Starting", "version", version, "workers", cfg.workers, "schedule", cfg.schedule, "command", commandText(cfg.command), "pid", os.Getpid())
-	if err := serve(cfg, acc, sup); err != nil {
+	if err := m.run(); err != nil {
 		klog.ErrorS(err, "Exiting")
 		return 1
 	}
@@ -74,29 +73,68 @@ func runMaster(args []string) int {
 	return 0
 }
 
+// app is the wiring of the components.
+type app struct {
+	cfg     *config
+	acc     *acceptor.Acceptor
+	sup     *workers.Supervisor
+	metrics *metrics.Metrics
+	admin   *admin // nil when disabled
+}
+
+// newApp binds every listener (traffic, then admin) and builds the
+// components; nothing runs yet. On error nothing stays bound.
+func newApp(cfg *config) (*app, error) {
+	m := &app{cfg: cfg}
+	reg := prometheus.NewRegistry()
+	m.metrics = metrics.New(reg, version, cfg.workers, func() []workers.Info { return m.sup.Workers() })
+	m.acc = acceptor.New(acceptor.Options{Shared: cfg.schedule == "shared", QueueSize: cfg.queueSize, Observer: m.metrics})
+	if err := m.acc.Bind(cfg.listen); err != nil {
+		return nil, err
+	}
+	wc := workerConfig(cfg, m.acc)
+	wc.Observer = m.metrics
+	sup, err := workers.New(wc, m.acc)
+	if err != nil {
+		m.acc.Close()
+		return nil, err
+	}
+	m.sup = sup
+	if cfg.adminAddr != "" {
+		if m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, cfg.minReady, reg, m.metrics, sup); err != nil {
+			m.acc.Close()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
 // errSecondSignal ends the master at once when a second SIGTERM/SIGINT
 // arrives while draining.
 var errSecondSignal = errors.New("second signal while draining: exiting now")
 
-// serve runs the pool until a drain completes (nil) or something fails.
-func serve(cfg *config, acc *acceptor.Acceptor, sup *workers.Supervisor) error {
+// run runs the pool until a drain completes (nil) or something fails.
+func (m *app) run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var g run.Group
 	g.Add(func() error {
-		acc.Start(ctx)
-		return sup.Run(ctx)
+		m.acc.Start(ctx)
+		return m.sup.Run(ctx)
 	}, func(error) { cancel() })
 	sigCtx, stopSignals := context.WithCancel(ctx)
-	g.Add(func() error { return handleSignals(sigCtx, cfg, acc, sup) }, func(error) { stopSignals() })
+	g.Add(func() error { return m.handleSignals(sigCtx) }, func(error) { stopSignals() })
+	if m.admin != nil {
+		g.Add(m.admin.serve, func(error) { m.admin.close() })
+	}
 	err := g.Run()
-	acc.Close()
+	m.acc.Close()
 	return err
 }
 
 // handleSignals drains on the first SIGTERM/SIGINT and gives up at once on
 // the second. SIGHUP is logged and ignored (rolling restart is not built yet).
-func handleSignals(ctx context.Context, cfg *config, acc *acceptor.Acceptor, sup *workers.Supervisor) error {
+func (m *app) handleSignals(ctx context.Context) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -114,22 +152,37 @@ func handleSignals(ctx context.Context, cfg *config, acc *acceptor.Acceptor, sup
 				return errSecondSignal
 			}
 			draining = true
-			klog.InfoS("Draining", "signal", sig.String(), "drainTimeout", cfg.drainTimeout)
-			go drain(ctx, cfg.drainTimeout, acc, sup)
+			if m.admin != nil {
+				m.admin.setDraining()
+			} else {
+				m.metrics.SetDraining(true)
+			}
+			klog.InfoS("Draining", "signal", sig.String(), "shutdownDelay", m.cfg.shutdown, "drainTimeout", m.cfg.drainTimeout)
+			go m.drain(ctx)
 		}
 	}
 }
 
-// drain stops accepting, waits until every accepted connection is with a
-// worker, then disconnects the workers, all within timeout.
-func drain(ctx context.Context, timeout time.Duration, acc *acceptor.Acceptor, sup *workers.Supervisor) {
-	deadline := time.Now().Add(timeout)
+// drain keeps serving for --shutdown-delay (readiness already fails), then
+// stops accepting, waits until every accepted connection is with a worker
+// and disconnects the workers, within --drain-timeout.
+func (m *app) drain(ctx context.Context) {
+	if m.cfg.shutdown > 0 {
+		t := time.NewTimer(m.cfg.shutdown)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+	deadline := time.Now().Add(m.cfg.drainTimeout)
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if err := acc.Drain(dctx); err != nil {
+	if err := m.acc.Drain(dctx); err != nil {
 		klog.ErrorS(err, "Connections were still queued when the drain deadline passed")
 	}
-	sup.Shutdown(max(time.Until(deadline), 0))
+	m.sup.Shutdown(max(time.Until(deadline), 0))
 }
 
 func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {

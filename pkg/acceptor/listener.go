@@ -143,8 +143,9 @@ func (l *Listener) serve(ctx context.Context) {
 				case nil:
 				case unix.EAGAIN:
 					return n > 0
-				case unix.EINTR, unix.ECONNABORTED:
-					continue
+				case unix.EINTR, unix.ECONNABORTED, unix.EPROTO, unix.ENETDOWN, unix.ENOPROTOOPT,
+					unix.EHOSTDOWN, unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH, unix.EPERM:
+					continue // errors of that one connection (accept(2)): try the next
 				default:
 					aerr = e
 					return true
@@ -188,7 +189,7 @@ func (l *Listener) serve(ctx context.Context) {
 // it, which costs an allocation and a getsockopt(SO_PROTOCOL) per
 // connection, and the address is not used.
 func accept(fd int) (int, error) {
-	nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, e
 	}

@@ -166,15 +166,32 @@ func (s *Supervisor) Shutdown(deadline time.Duration) { s.post(shutdownEvent{dea
 
 // Workers returns the live workers.
 func (s *Supervisor) Workers() []Info {
+	w, _ := s.WorkersContext(context.Background())
+	return w
+}
+
+// WorkersContext is Workers that gives up when ctx ends: an error means the
+// supervisor's loop did not answer (it is stuck, or has returned).
+func (s *Supervisor) WorkersContext(ctx context.Context) ([]Info, error) {
 	reply := make(chan []Info, 1)
-	s.post(snapshotEvent{reply})
+	select {
+	case s.events <- snapshotEvent{reply}:
+	case <-s.done:
+		return nil, errStopped
+	case <-ctx.Done():
+		return nil, fmt.Errorf("supervisor loop busy: %w", ctx.Err())
+	}
 	select {
 	case r := <-reply:
-		return r
+		return r, nil
 	case <-s.done:
-		return nil
+		return nil, errStopped
+	case <-ctx.Done():
+		return nil, fmt.Errorf("supervisor loop did not answer: %w", ctx.Err())
 	}
 }
+
+var errStopped = errors.New("supervisor stopped")
 
 // Run spawns the pool and supervises it until Shutdown completes (nil), the
 // pool gives up (an error saying why) or ctx ends (every worker is killed).

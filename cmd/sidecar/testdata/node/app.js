@@ -1,0 +1,108 @@
+// app.js: an ordinary Node.js HTTP app for the conformance tests
+// (node_test.go). It knows nothing of sidecar; it reads `cluster` only to
+// report who it is. Its servers come from APP_LISTEN, a comma-separated list:
+//   port       listen(process.env.PORT)
+//   0          listen(0)
+//   v6         listen(process.env.PORT, '::1')
+//   v6:0       listen(0, '::1')
+//   unix:PATH  listen(PATH)
+// APP_MAXCONN_WORKER=N sets maxConnections = 1 on worker N's servers.
+// What it does per request is chosen by the path (see handle below). It
+// reports its events on stderr as "app worker=N event=…" lines.
+'use strict';
+const cluster = require('cluster');
+const http = require('http');
+
+const id = cluster.isWorker ? cluster.worker.id : 0;
+const log = (msg) => console.error(`app worker=${id} pid=${process.pid} ${msg}`);
+const servers = [];
+
+function info(extra) {
+  return JSON.stringify({
+    isWorker: cluster.isWorker,
+    isPrimary: cluster.isPrimary,
+    id,
+    pid: process.pid,
+    addresses: servers.map((s) => s.address()),
+    ...extra,
+  });
+}
+
+// after answers req with info, then runs fn once the answer is written.
+function after(res, fn) {
+  res.writeHead(200, { 'content-type': 'application/json', 'x-worker-id': id });
+  res.end(info(), fn);
+}
+
+// oddValues are user messages of every JSON shape.
+function oddValues(i) {
+  return [
+    `msg-${i}`,
+    i,
+    -1.5e300,
+    null,
+    true,
+    ['msg', i, { deep: [[[{ deeper: 'x' }]]] }],
+    { cmd: 'user', i, nested: { s: 'line\nbreak "quoted" \u2028 é 🙂', n: [1, 2, 3] } },
+    { cmd: 'NODE', note: 'not an internal message: no underscore' },
+    'x'.repeat(100000),
+  ][i % 9];
+}
+
+function sendMany(n, done) {
+  let left = n;
+  for (let i = 0; i < n; i++) {
+    process.send(oddValues(i), (err) => {
+      if (err) log(`event=send-error err=${err.message}`);
+      if (--left === 0) done();
+    });
+  }
+}
+
+function handle(req, res) {
+  const url = new URL(req.url, 'http://app');
+  switch (url.pathname) {
+    case '/slow': // the answer's headers at once, its body after ms
+      res.writeHead(200, { 'x-worker-id': id });
+      res.flushHeaders();
+      setTimeout(() => res.end(info({ slow: true })), Number(url.searchParams.get('ms') || 500));
+      return;
+    case '/hold': // headers at once; the body when the client goes away
+      res.writeHead(200, { 'x-worker-id': id });
+      res.flushHeaders();
+      req.socket.once('close', () => res.destroy());
+      return;
+    case '/exit':
+      return after(res, () => process.exit(1));
+    case '/throw':
+      throw new Error('boom on a request path');
+    case '/throw-later':
+      return after(res, () => setTimeout(() => { throw new Error('boom in a timer'); }, 1));
+    case '/kill':
+      return after(res, () => process.kill(process.pid));
+    case '/disconnect':
+      return after(res, () => cluster.worker.disconnect());
+    case '/destroy':
+      return after(res, () => cluster.worker.destroy());
+    case '/send':
+      return sendMany(Number(url.searchParams.get('n') || 1), () => after(res));
+    default:
+      return after(res);
+  }
+}
+
+for (const spec of (process.env.APP_LISTEN || 'port').split(',')) {
+  const server = http.createServer(handle);
+  if (String(id) === process.env.APP_MAXCONN_WORKER) server.maxConnections = 1;
+  server.on('listening', () => log(`event=listening address=${JSON.stringify(server.address())}`));
+  server.on('error', (err) => log(`event=error spec=${spec} err=${err.message}`));
+  servers.push(server);
+  if (spec === 'port') server.listen(process.env.PORT);
+  else if (spec === '0') server.listen(0);
+  else if (spec === 'v6') server.listen(process.env.PORT, '::1');
+  else if (spec === 'v6:0') server.listen(0, '::1');
+  else if (spec.startsWith('unix:')) server.listen(spec.slice(5));
+  else throw new Error(`APP_LISTEN: unknown server ${spec}`);
+}
+if (cluster.isWorker) cluster.worker.on('disconnect', () => log('event=disconnect'));
+process.on('exit', (code) => log(`event=exit code=${code}`));
