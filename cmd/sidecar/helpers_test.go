@@ -33,6 +33,8 @@ func TestMain(m *testing.M) {
 		os.Exit(slowWorker())
 	case "worker-orphan":
 		os.Exit(orphanWorker())
+	case "worker-late":
+		os.Exit(lateWorker())
 	}
 	os.Exit(m.Run())
 }
@@ -61,6 +63,19 @@ func orphanWorker() int {
 		return 1
 	}
 	return serveSDK(http.NotFoundHandler())
+}
+
+// lateWorker listens only once the file named by SIDECAR_TEST_GATE exists,
+// so a test decides when the pool becomes ready.
+func lateWorker() int {
+	gate := os.Getenv("SIDECAR_TEST_GATE")
+	for {
+		if _, err := os.Stat(gate); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond) // the worker's own start-up wait
+	}
+	return slowWorker()
 }
 
 func serveSDK(h http.Handler) int {
