@@ -87,7 +87,12 @@ type app struct {
 func newApp(cfg *config) (*app, error) {
 	m := &app{cfg: cfg}
 	reg := prometheus.NewRegistry()
-	m.metrics = metrics.New(reg, version, cfg.workers, func() []workers.Info { return m.sup.Workers() })
+	m.metrics = metrics.New(reg, version, cfg.workers, func() []workers.Info {
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		defer cancel()
+		ws, _ := m.sup.WorkersContext(ctx)
+		return ws
+	})
 	m.acc = acceptor.New(acceptor.Options{Shared: cfg.schedule == "shared", QueueSize: cfg.queueSize, Observer: m.metrics})
 	if err := m.acc.Bind(cfg.listen); err != nil {
 		return nil, err
@@ -101,13 +106,20 @@ func newApp(cfg *config) (*app, error) {
 	}
 	m.sup = sup
 	if cfg.adminAddr != "" {
-		if m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, cfg.minReady, reg, m.metrics, sup); err != nil {
+		gatherer := prometheus.Gatherers{reg, &metrics.WorkerGatherer{
+			Workers: sup.Workers, Timeout: workerMetricsTimeout, Reserved: metrics.Reserved(reg), // before Run: no worker is asked
+		}}
+		if m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, cfg.minReady, gatherer, m.metrics, sup); err != nil {
 			m.acc.Close()
 			return nil, err
 		}
 	}
 	return m, nil
 }
+
+// workerMetricsTimeout bounds how long a scrape waits for workers' own
+// metrics; a worker that is later is left out of that scrape.
+const workerMetricsTimeout = time.Second
 
 // errSecondSignal ends the master at once when a second SIGTERM/SIGINT
 // arrives while draining.

@@ -36,6 +36,7 @@ type Worker struct {
 	onMessage     []func(json.RawMessage)
 	onDisconnect  []func()
 	disconnecting bool
+	metrics       workerMetrics
 	disconnected  chan struct{} // closed when a disconnect begins
 	ended         chan struct{} // closed when the channel has ended
 }
@@ -149,6 +150,8 @@ func (w *Worker) handle(m *ipc.Message) {
 	switch m.Act {
 	case ipc.ActNewConn:
 		w.onNewConn(m)
+	case ipc.ActGatherMetrics:
+		go w.replyMetrics(m.Seq)
 	case ipc.ActDisconnect:
 		// Mark the worker as leaving before the next message is read: if
 		// the master closes the channel right after its disconnect, serve

@@ -14,21 +14,30 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sidecar-project/sidecar/pkg/cluster"
 )
 
 // Handler answers "hello from worker <id> (pid <pid>)" with the header
-// X-Sidecar-Worker: <id>.
-func Handler(id int) http.Handler {
+// X-Sidecar-Worker: <id>, and counts requests on reg (nil: not counted).
+func Handler(id int, reg prometheus.Registerer) http.Handler {
 	body := []byte(fmt.Sprintf("hello from worker %d (pid %d)\n", id, os.Getpid()))
 	idText := strconv.Itoa(id)
 	length := strconv.Itoa(len(body))
+	requests := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sidecar_hello_requests_total", Help: "Requests answered by the hello worker.",
+	})
+	if reg != nil {
+		reg.MustRegister(requests)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h["X-Sidecar-Worker"] = []string{idText}
 		h["Content-Type"] = []string{"text/plain; charset=utf-8"}
 		h["Content-Length"] = []string{length}
 		w.Write(body)
+		requests.Inc()
 	})
 }
 
@@ -46,7 +55,7 @@ func Run(addresses []string) error {
 	if len(addresses) == 0 {
 		return errors.New("hello: no address to listen on")
 	}
-	srv := &http.Server{Handler: Handler(w.ID()), ReadHeaderTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: Handler(w.ID(), w.Registry()), ReadHeaderTimeout: 30 * time.Second}
 	drained := make(chan struct{})
 	w.OnDisconnect(func() {
 		srv.Shutdown(context.Background())

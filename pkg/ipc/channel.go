@@ -63,20 +63,43 @@ type Channel struct {
 }
 
 // NewChannel makes a Channel of a connected AF_UNIX SOCK_STREAM socket. It
-// takes ownership of f and puts it in non-blocking mode.
+// takes ownership of f, which it closes: the Channel works on a non-blocking,
+// close-on-exec duplicate.
 func NewChannel(f *os.File) (*Channel, error) {
-	fd := int(f.Fd())
+	// Work on a duplicate and close f: f keeps a finalizer that would close
+	// its descriptor under the channel once f is garbage collected.
+	fd, err := dupCloexec(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("ipc: duplicate channel fd of %s: %w", f.Name(), err)
+	}
 	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
 		return nil, fmt.Errorf("ipc: set channel fd %d non-blocking: %w", fd, err)
 	}
-	// Re-wrap so the runtime poller owns the descriptor (os.NewFile only
+	// Wrap it now so the runtime poller owns the descriptor (os.NewFile only
 	// registers descriptors that are non-blocking when it is called).
 	nf := os.NewFile(uintptr(fd), f.Name())
 	rc, err := nf.SyscallConn()
 	if err != nil {
+		nf.Close()
 		return nil, fmt.Errorf("ipc: channel fd %d: %w", fd, err)
 	}
 	return &Channel{file: nf, rc: rc, replies: make(map[int64]ReplyFunc)}, nil
+}
+
+func dupCloexec(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	return nfd, derr
 }
 
 // Socketpair returns the master's Channel and the peer's end as a blocking,
@@ -87,8 +110,7 @@ func Socketpair() (*Channel, *os.File, error) {
 		return nil, nil, fmt.Errorf("ipc: socketpair: %w", err)
 	}
 	c, err := NewChannel(os.NewFile(uintptr(fds[0]), "ipc-master"))
-	if err != nil {
-		unix.Close(fds[0])
+	if err != nil { // NewChannel closed fds[0]
 		unix.Close(fds[1])
 		return nil, nil, err
 	}
@@ -210,8 +232,12 @@ func (c *Channel) SendNewConn(quotedKey []byte, fd int, onReply ReplyFunc) error
 	line = append(line, `,"seq":`...)
 	line = appendInt(line, seq)
 	line = append(line, "}}\n"...)
-	c.replies[seq] = onReply
-	err := c.sendLocked(outgoing{line: line, fd: fd, seq: seq})
+	o := outgoing{line: line, fd: fd, seq: -1}
+	if onReply != nil { // a nil entry would be called by end
+		c.replies[seq] = onReply
+		o.seq = seq
+	}
+	err := c.sendLocked(o)
 	c.mu.Unlock()
 	return err
 }
@@ -473,7 +499,7 @@ func (r *reader) run(h Handler) error {
 // fill reads once (waiting for data), growing or compacting the buffer.
 func (r *reader) fill() error {
 	if r.end == len(r.buf) {
-		if r.end-r.start >= MaxLineSize {
+		if r.end-r.start > MaxLineSize { // the buffer holds MaxLineSize+1 at most
 			return fmt.Errorf("%w: line longer than %d bytes", ErrProtocol, MaxLineSize)
 		}
 		if r.start > 0 {

@@ -25,6 +25,12 @@ const (
 	ActExitedAfterDisconnect = "exitedAfterDisconnect"
 	ActNewConn               = "newconn"
 	ActDisconnect            = "disconnect"
+
+	// Sidecar's own acts. A Node primary ignores unknown acts, and the
+	// master sends ActGatherMetrics only to workers that announced
+	// ActMetricsSupported, so a Node worker never receives one.
+	ActMetricsSupported = "sidecar.metrics" // worker → master: ask me at scrape time
+	ActGatherMetrics    = "sidecar.gather"  // master → worker: reply {ack, metrics: "<text format>"}
 )
 
 // MaxLineSize is the longest message line accepted; a longer one is a
@@ -163,6 +169,13 @@ func (f *flexString) UnmarshalJSON(b []byte) error {
 // NODE_HANDLE messages and is never closed here. The returned Message does
 // not alias line.
 func DecodeLine(line []byte) (*Message, error) {
+	return decodeLine(line, false)
+}
+
+// decodeLine decodes line; inHandle is set for the msg of a NODE_HANDLE,
+// which may not itself be a NODE_HANDLE (rejected before recursing, so a
+// deeply nested line costs one pass, not one per level).
+func decodeLine(line []byte, inHandle bool) (*Message, error) {
 	m := &Message{FD: -1, ListenFD: -1}
 	if fastDecode(line, m) {
 		return m, nil
@@ -180,15 +193,19 @@ func DecodeLine(line []byte) (*Message, error) {
 		return nil, fmt.Errorf("%w: malformed internal message: %v", ErrProtocol, err)
 	}
 	if w.Cmd == CmdHandle {
+		if inHandle {
+			return nil, fmt.Errorf("%w: nested NODE_HANDLE", ErrProtocol)
+		}
 		if len(w.Msg) == 0 || w.Msg[0] != '{' {
 			return nil, fmt.Errorf("%w: NODE_HANDLE without an object msg", ErrProtocol)
 		}
-		inner, err := DecodeLine(w.Msg)
+		inner, err := decodeLine(w.Msg, true)
 		if err != nil {
 			return nil, err
 		}
-		if inner.Cmd == CmdHandle {
-			return nil, fmt.Errorf("%w: nested NODE_HANDLE", ErrProtocol)
+		if inner.Cmd == CmdHandleAck || inner.Cmd == CmdHandleNak {
+			// Its fd would be left unclaimed and paired with a later line.
+			return nil, fmt.Errorf("%w: NODE_HANDLE carrying %s", ErrProtocol, inner.Cmd)
 		}
 		inner.HandleType = w.Type
 		inner.handle = true
@@ -240,11 +257,29 @@ func isInternal(line []byte) bool {
 	var head struct {
 		Cmd json.RawMessage `json:"cmd"`
 	}
-	if json.Unmarshal(line, &head) != nil || len(head.Cmd) == 0 || head.Cmd[0] != '"' {
+	if json.Unmarshal(line, &head) != nil || !isNodeCmd(head.Cmd) {
+		return false
+	}
+	if bytes.HasPrefix(line, prefixInternal) {
+		return true // how Node and our SDK write every internal message
+	}
+	// The struct field also matched a "CMD" or "Cmd" key, which JavaScript
+	// does not: look the key up exactly (the last of repeated keys counts,
+	// as in JSON.parse).
+	var fields map[string]json.RawMessage
+	return json.Unmarshal(line, &fields) == nil && isNodeCmd(fields["cmd"])
+}
+
+var prefixInternal = []byte(`{"cmd":"NODE_`)
+
+// isNodeCmd reports whether raw is a JSON string longer than "NODE_" that
+// starts with it.
+func isNodeCmd(raw json.RawMessage) bool {
+	if len(raw) == 0 || raw[0] != '"' {
 		return false
 	}
 	var cmd string
-	if json.Unmarshal(head.Cmd, &cmd) != nil {
+	if json.Unmarshal(raw, &cmd) != nil {
 		return false
 	}
 	return len(cmd) > len("NODE_") && cmd[:5] == "NODE_"

@@ -36,6 +36,9 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 		s.onQueryServer(w, m)
 	case ipc.ActListening:
 		s.onListening(w, m)
+	case ipc.ActMetricsSupported:
+		w.metrics = true
+		w.logger.V(2).Info("Worker serves its own metrics")
 	case ipc.ActClose:
 		s.reg.CloseKey(w, m.Key)
 		w.logger.V(2).Info("Worker closed a server", "key", m.Key)

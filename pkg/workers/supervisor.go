@@ -96,11 +96,12 @@ type slot struct {
 // Supervisor runs the worker pool. Its state is owned by the goroutine in
 // Run; everything else talks to it through events.
 type Supervisor struct {
-	cfg    Config
-	reg    Registry
-	events chan any
-	done   chan struct{}
-	logger klog.Logger
+	cfg     Config
+	reg     Registry
+	events  chan any
+	running chan struct{} // closed when Run starts
+	done    chan struct{} // closed when Run returns
+	logger  klog.Logger
 
 	spawner    *spawner
 	slots      []*slot
@@ -123,6 +124,7 @@ func New(cfg Config, reg Registry) (*Supervisor, error) {
 	s := &Supervisor{
 		cfg: cfg, reg: reg,
 		events:     make(chan any, 256),
+		running:    make(chan struct{}),
 		done:       make(chan struct{}),
 		byPid:      make(map[int]*Worker),
 		serverData: make(map[string]json.RawMessage),
@@ -173,6 +175,11 @@ func (s *Supervisor) Workers() []Info {
 // WorkersContext is Workers that gives up when ctx ends: an error means the
 // supervisor's loop did not answer (it is stuck, or has returned).
 func (s *Supervisor) WorkersContext(ctx context.Context) ([]Info, error) {
+	select {
+	case <-s.running:
+	default:
+		return nil, nil // Run has not started: no workers yet
+	}
 	reply := make(chan []Info, 1)
 	select {
 	case s.events <- snapshotEvent{reply}:
@@ -197,6 +204,7 @@ var errStopped = errors.New("supervisor stopped")
 // pool gives up (an error saying why) or ctx ends (every worker is killed).
 func (s *Supervisor) Run(ctx context.Context) error {
 	defer close(s.done)
+	close(s.running)
 	s.logger = klog.FromContext(ctx)
 	// The reaper outlives ctx: after a hard stop it still reaps what we kill.
 	rctx, stopReaper := context.WithCancel(context.WithoutCancel(ctx))
@@ -263,12 +271,12 @@ func (s *Supervisor) snapshot() []Info {
 	var out []Info
 	for _, sl := range s.slots {
 		if w := sl.worker; w != nil {
-			out = append(out, Info{ID: w.id, Slot: w.slot, Pid: w.pid, State: w.state, Since: w.forkedAt})
+			out = append(out, w.info())
 		}
 	}
 	for _, w := range s.byPid { // disconnecting workers no longer in a slot
 		if s.slots[w.slot].worker != w {
-			out = append(out, Info{ID: w.id, Slot: w.slot, Pid: w.pid, State: w.state, Since: w.forkedAt})
+			out = append(out, w.info())
 		}
 	}
 	return out

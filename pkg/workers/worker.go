@@ -1,6 +1,9 @@
 package workers
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"time"
 
@@ -57,7 +60,9 @@ type Worker struct {
 	voluntary bool
 	// killReason is set when the master kills the worker for a fault.
 	killReason string
-	timers     []*time.Timer
+	// metrics: the worker announced that it serves its own metrics.
+	metrics bool
+	timers  []*time.Timer
 }
 
 // ID is the worker's id: 1, 2, 3 … never reused.
@@ -90,4 +95,47 @@ type Info struct {
 	ID, Slot, Pid int
 	State         State
 	Since         time.Time // forked at
+	// Gather asks the worker for its own metrics (Prometheus text format);
+	// nil when the worker did not announce support.
+	Gather func(ctx context.Context) ([]byte, error)
+}
+
+func (w *Worker) info() Info {
+	i := Info{ID: w.id, Slot: w.slot, Pid: w.pid, State: w.state, Since: w.forkedAt}
+	if w.metrics {
+		i.Gather = w.gatherMetrics
+	}
+	return i
+}
+
+// gatherMetrics asks the worker for its metrics. Safe from any goroutine.
+func (w *Worker) gatherMetrics(ctx context.Context) ([]byte, error) {
+	type result struct {
+		text []byte
+		err  error
+	}
+	done := make(chan result, 1) // a late reply lands here and is dropped
+	err := w.ch.SendCluster([]byte(`{"act":"`+ipc.ActGatherMetrics+`"}`), -1, func(m *ipc.Message, err error) {
+		if err != nil {
+			done <- result{nil, err}
+			return
+		}
+		var body struct {
+			Metrics string `json:"metrics"`
+		}
+		if err := json.Unmarshal(m.Raw, &body); err != nil {
+			done <- result{nil, fmt.Errorf("worker %d metrics reply: %w", w.id, err)}
+			return
+		}
+		done <- result{[]byte(body.Metrics), nil}
+	})
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-done:
+		return r.text, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("worker %d did not send its metrics in time: %w", w.id, ctx.Err())
+	}
 }
