@@ -1,0 +1,47 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+var adminRE = regexp.MustCompile(`"Admin server listening" address="([^"]+)"`)
+
+// TestWorkerMetricsInMasterScrape: the built-in hello workers register a
+// request counter through the SDK; the master's /metrics serves it, one
+// series per slot, and the counts add up to the requests made.
+func TestWorkerMetricsInMasterScrape(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, time.Second))[1]
+	const n = 10
+	for range n {
+		if _, _, err := get("http://" + m.addr + "/"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	series := regexp.MustCompile(`(?m)^sidecar_hello_requests_total\{slot="(\d)"\} (\d+)$`)
+	var found [][]string
+	waitFor(t, "the workers' counters in the master's scrape", 5*time.Second, func() bool {
+		resp, err := http.Get("http://" + admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		found = series.FindAllStringSubmatch(string(body), -1)
+		sum := 0
+		for _, f := range found {
+			v, _ := strconv.Atoi(f[2])
+			sum += v
+		}
+		return len(found) == 2 && sum == n
+	})
+	if found[0][1] == found[1][1] {
+		t.Fatalf("both series have slot %s", found[0][1])
+	}
+}
