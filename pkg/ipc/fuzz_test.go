@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// decodeGeneral decodes an internal, non-NODE_HANDLE line with the general
-// decoder only, skipping the fast path.
+// decodeGeneral decodes an internal line with the general decoder only,
+// skipping the fast path; a NODE_HANDLE is unwrapped one level.
 func decodeGeneral(line []byte) (*Message, error) {
 	if !json.Valid(line) || !isInternal(line) {
 		return nil, errors.New("not an internal message")
@@ -23,6 +23,14 @@ func decodeGeneral(line []byte) (*Message, error) {
 	var w wireMessage
 	if err := json.Unmarshal(line, &w); err != nil {
 		return nil, err
+	}
+	if w.Cmd == CmdHandle {
+		inner, err := decodeGeneral(w.Msg)
+		if err != nil {
+			return nil, err
+		}
+		inner.HandleType, inner.handle = w.Type, true
+		return inner, nil
 	}
 	m := &Message{FD: -1, ListenFD: -1}
 	m.fill(&w)

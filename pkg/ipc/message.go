@@ -291,6 +291,7 @@ var (
 	lineHandleAck  = []byte(`{"cmd":"NODE_HANDLE_ACK"}`)
 	lineHandleNack = []byte(`{"cmd":"NODE_HANDLE_NACK"}`)
 	prefixAckReply = []byte(`{"cmd":"NODE_CLUSTER","ack":`)
+	prefixNewConn  = []byte(`{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"`)
 )
 
 func fastDecode(line []byte, m *Message) bool {
@@ -301,6 +302,9 @@ func fastDecode(line []byte, m *Message) bool {
 	case bytes.Equal(line, lineHandleNack):
 		m.Cmd = CmdHandleNak
 		return true
+	}
+	if bytes.HasPrefix(line, prefixNewConn) {
+		return fastNewConn(line, m)
 	}
 	// {"cmd":"NODE_CLUSTER","ack":A,"accepted":true|false,"seq":S}
 	rest, ok := bytes.CutPrefix(line, prefixAckReply)
@@ -327,6 +331,37 @@ func fastDecode(line []byte, m *Message) bool {
 	m.Cmd, m.Accepted = CmdCluster, accepted
 	m.Ack, m.HasAck, m.Seq, m.HasSeq = ack, true, seq, true
 	m.Raw = append(json.RawMessage(nil), line...)
+	return true
+}
+
+// fastNewConn recognises the master's newconn handle line (what SendNewConn
+// writes) when its key needs no unescaping:
+// {"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"K","seq":S}}
+func fastNewConn(line []byte, m *Message) bool {
+	rest := line[len(prefixNewConn):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return false
+	}
+	key := rest[:end]
+	for _, c := range key {
+		if c == '\\' || c < 0x20 || c >= 0x80 {
+			return false // escapes or non-ASCII: let encoding/json decide
+		}
+	}
+	rest, ok := bytes.CutPrefix(rest[end+1:], []byte(`,"seq":`))
+	if !ok {
+		return false
+	}
+	seq, rest, ok := cutUint(rest)
+	if !ok || string(rest) != "}}" {
+		return false
+	}
+	m.Cmd, m.Act, m.Key = CmdCluster, ActNewConn, string(key)
+	m.Seq, m.HasSeq = seq, true
+	m.HandleType, m.handle = "net.Native", true
+	inner := line[len(`{"cmd":"NODE_HANDLE","type":"net.Native","msg":`) : len(line)-1]
+	m.Raw = append(json.RawMessage(nil), inner...)
 	return true
 }
 
