@@ -1,0 +1,787 @@
+package main
+
+// The admin server (issue 4): /metrics read back over HTTP, by promtool and
+// by a real Prometheus; the probes through a worker pool's life and a
+// SIGTERM; the paths it serves and does not.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+var adminListeningRE = regexp.MustCompile(`"Admin server listening" address="([^"]+)"`)
+
+// adminAddrOf waits for the master's admin server and returns its host:port.
+func adminAddrOf(t *testing.T, m *master) string {
+	t.Helper()
+	line := m.waitLine(`"Admin server listening"`, 10*time.Second)
+	mm := adminListeningRE.FindStringSubmatch(line)
+	if mm == nil {
+		t.Fatalf("cannot parse %q", line)
+	}
+	return mm[1]
+}
+
+// fetch does one Connection: close GET and returns the status and body.
+func fetch(url string) (int, string, error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// mustFetch is fetch that fails the test on a transport error.
+func mustFetch(t *testing.T, url string) (int, string) {
+	t.Helper()
+	code, body, err := fetch(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return code, body
+}
+
+// scrape is one parsed /metrics response.
+type scrape map[string]*dto.MetricFamily
+
+func scrapeMetrics(admin string) (scrape, error) {
+	resp, err := client.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		return nil, fmt.Errorf("GET /metrics: Content-Type %q, want the text format", ct)
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("parse /metrics: %w", err)
+	}
+	return mfs, nil
+}
+
+// value returns the series of name that has the labels (name, value
+// pairs; other labels may exist), and whether there is one.
+func (s scrape) value(name string, labels ...string) (float64, bool) {
+	mf := s[name]
+	if mf == nil {
+		return 0, false
+	}
+	for _, m := range mf.GetMetric() {
+		if matchLabels(m, labels) {
+			return sampleOf(m), true
+		}
+	}
+	return 0, false
+}
+
+// sum adds up every series of name.
+func (s scrape) sum(name string) float64 {
+	total := 0.0
+	for _, m := range s[name].GetMetric() {
+		total += sampleOf(m)
+	}
+	return total
+}
+
+// bySlot maps the slot label of name's series to their values.
+func (s scrape) bySlot(name string) map[string]float64 {
+	out := map[string]float64{}
+	for _, m := range s[name].GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == "slot" {
+				out[lp.GetValue()] = sampleOf(m)
+			}
+		}
+	}
+	return out
+}
+
+func matchLabels(m *dto.Metric, labels []string) bool {
+	for i := 0; i+1 < len(labels); i += 2 {
+		found := false
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// sampleOf is a counter's or gauge's value, or a histogram's count.
+func sampleOf(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	case m.Untyped != nil:
+		return m.Untyped.GetValue()
+	}
+	return 0
+}
+
+// expect is a condition on a scrape: nil when it holds, else what differs.
+type expect func(scrape) error
+
+// eq expects name{labels} to be v.
+func eq(v float64, name string, labels ...string) expect {
+	return func(s scrape) error {
+		got, ok := s.value(name, labels...)
+		if !ok {
+			return fmt.Errorf("no series %s%v", name, labels)
+		}
+		if got != v {
+			return fmt.Errorf("%s%v = %v, want %v", name, labels, got, v)
+		}
+		return nil
+	}
+}
+
+// sumEq expects name's series to add up to v.
+func sumEq(v float64, name string) expect {
+	return func(s scrape) error {
+		if got := s.sum(name); got != v {
+			return fmt.Errorf("sum of %s = %v, want %v", name, got, v)
+		}
+		return nil
+	}
+}
+
+// waitMetrics re-scrapes until every expectation holds, and returns that
+// scrape.
+func waitMetrics(t *testing.T, admin string, timeout time.Duration, want ...expect) scrape {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s, err := scrapeMetrics(admin)
+		if err == nil {
+			err = errors.Join(func() (errs []error) {
+				for _, w := range want {
+					if e := w(s); e != nil {
+						errs = append(errs, e)
+					}
+				}
+				return errs
+			}()...)
+		}
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics after %v: %v", timeout, err)
+		}
+		<-tick.C
+	}
+}
+
+// waitStatus polls url until it answers code, and returns the body.
+func waitStatus(t *testing.T, url string, code int, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		c, body, err := fetch(url)
+		if err == nil && c == code {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: still %d %q (%v) after %v, want %d", url, c, body, err, timeout, code)
+		}
+		<-tick.C
+	}
+}
+
+var workerForkedRE = regexp.MustCompile(`"Worker forked" worker=(\d+) slot=(\d+) pid=(\d+)`)
+
+// forkedWorker is one "Worker forked" line.
+type forkedWorker struct{ id, slot, pid int }
+
+func (m *master) forked() []forkedWorker {
+	var out []forkedWorker
+	for _, l := range m.output() {
+		if mm := workerForkedRE.FindStringSubmatch(l); mm != nil {
+			id, _ := strconv.Atoi(mm[1])
+			slot, _ := strconv.Atoi(mm[2])
+			pid, _ := strconv.Atoi(mm[3])
+			out = append(out, forkedWorker{id, slot, pid})
+		}
+	}
+	return out
+}
+
+// checkNoPids fails if a label is named like a pid or, on a sidecar_
+// series, has a worker's pid as its value.
+func checkNoPids(t *testing.T, s scrape, ws []forkedWorker) {
+	t.Helper()
+	pids := map[string]bool{}
+	for _, w := range ws {
+		pids[strconv.Itoa(w.pid)] = true
+	}
+	for name, mf := range s {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if strings.Contains(strings.ToLower(lp.GetName()), "pid") {
+					t.Errorf("%s has a label named %q", name, lp.GetName())
+				}
+				if strings.HasPrefix(name, "sidecar_") && pids[lp.GetValue()] {
+					t.Errorf("%s{%s=%q} carries a worker's pid", name, lp.GetName(), lp.GetValue())
+				}
+			}
+		}
+	}
+}
+
+func TestMetricsMoveWithTraffic(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
+	admin := adminAddrOf(t, m)
+	waitMetrics(t, admin, 10*time.Second,
+		eq(2, "sidecar_workers", "state", "listening"),
+		eq(0, "sidecar_workers", "state", "forked"),
+		eq(0, "sidecar_workers", "state", "online"),
+		eq(0, "sidecar_workers", "state", "disconnecting"))
+
+	const n = 25
+	for range n {
+		if _, _, err := get("http://" + m.addr + "/"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A worker's ack can reach the master after the client's response:
+	// wait for the counters, then check they do not overshoot.
+	s := waitMetrics(t, admin, 5*time.Second,
+		sumEq(n, "sidecar_connections_dispatched_total"),
+		sumEq(n, "sidecar_connections_accepted_total"),
+		sumEq(n, "sidecar_dispatch_duration_seconds"),
+		eq(0, "sidecar_dispatch_queue_length"))
+	perSlot := s.bySlot("sidecar_connections_dispatched_total")
+	if len(perSlot) != 2 || perSlot["0"] == 0 || perSlot["1"] == 0 {
+		t.Errorf("dispatched per slot: %v, want both slots 0 and 1 serving", perSlot)
+	}
+	if acc := s["sidecar_connections_accepted_total"].GetMetric(); len(acc) != 1 || len(acc[0].GetLabel()) != 1 || acc[0].GetLabel()[0].GetName() != "listener" {
+		t.Errorf("accepted: want one series labelled by listener, got %v", acc)
+	}
+	if h := s["sidecar_dispatch_duration_seconds"]; h.GetType() != dto.MetricType_HISTOGRAM || h.GetMetric()[0].GetHistogram().GetSampleSum() <= 0 {
+		t.Errorf("sidecar_dispatch_duration_seconds: %v", h)
+	}
+	if cpu := s.bySlot("sidecar_worker_cpu_seconds_total"); len(cpu) != 2 {
+		t.Errorf("sidecar_worker_cpu_seconds_total by slot: %v, want slots 0 and 1", cpu)
+	}
+	if rss := s.bySlot("sidecar_worker_resident_memory_bytes"); len(rss) != 2 || rss["0"] < 1<<20 || rss["1"] < 1<<20 {
+		t.Errorf("sidecar_worker_resident_memory_bytes by slot: %v, want slots 0 and 1 in bytes", rss)
+	}
+	if v, ok := s.value("sidecar_build_info", "version", "dev"); !ok || v != 1 {
+		t.Errorf("sidecar_build_info{version=\"dev\"}: %v %v", v, ok)
+	}
+	for _, e := range []expect{
+		eq(0, "sidecar_draining"),
+		sumEq(0, "sidecar_accept_errors_total"),
+		eq(0, "sidecar_connections_redispatched_total", "reason", "rejected"),
+		eq(0, "sidecar_connections_redispatched_total", "reason", "worker_died"),
+	} {
+		if err := e(s); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, name := range []string{"process_cpu_seconds_total", "process_resident_memory_bytes", "go_goroutines", "sidecar_accept_errors_total"} {
+		if _, ok := s[name]; !ok {
+			t.Errorf("no %s in the scrape", name)
+		}
+	}
+	checkNoPids(t, s, m.forked())
+
+	// kill -9 a worker: one exit by signal, one restart of its slot.
+	ws := m.forked()
+	if len(ws) != 2 {
+		t.Fatalf("want 2 forked workers, got %v", ws)
+	}
+	victim := ws[0]
+	if err := syscall.Kill(victim.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	other := strconv.Itoa(1 - victim.slot)
+	s = waitMetrics(t, admin, 10*time.Second,
+		eq(1, "sidecar_worker_exits_total", "reason", "signal"),
+		eq(1, "sidecar_worker_restarts_total", "slot", strconv.Itoa(victim.slot)),
+		eq(2, "sidecar_workers", "state", "listening"))
+	for _, e := range []expect{
+		eq(0, "sidecar_worker_restarts_total", "slot", other),
+		sumEq(1, "sidecar_worker_exits_total"),
+		sumEq(1, "sidecar_worker_restarts_total"),
+		eq(0, "sidecar_workers", "state", "forked"),
+		sumEq(n, "sidecar_connections_dispatched_total"),
+	} {
+		if err := e(s); err != nil {
+			t.Error(err)
+		}
+	}
+	checkNoPids(t, s, m.forked())
+
+	// The replacement serves and is counted in its slot.
+	if _, _, err := get("http://" + m.addr + "/"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := get("http://" + m.addr + "/"); err != nil {
+		t.Fatal(err)
+	}
+	waitMetrics(t, admin, 5*time.Second, sumEq(n+2, "sidecar_connections_dispatched_total"), sumEq(n+2, "sidecar_connections_accepted_total"))
+
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+}
+
+// needTool returns the path of a program CI installs (Debian's prometheus
+// package) or fails the test saying so.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed (%v): install the Debian prometheus package (apt-get install prometheus), as .ci/run does", name, err)
+	}
+	return p
+}
+
+func TestMetricsPassPromtool(t *testing.T) {
+	promtool := needTool(t, "promtool")
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
+	admin := adminAddrOf(t, m)
+	waitMetrics(t, admin, 10*time.Second, eq(2, "sidecar_workers", "state", "listening"))
+	for range 4 {
+		if _, _, err := get("http://" + m.addr + "/"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitStatus(t, "http://"+admin+"/readyz", http.StatusOK, 5*time.Second) // sidecar_ready is set
+	code, body := mustFetch(t, "http://"+admin+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", code)
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("promtool check metrics: %v\n%s\nscrape:\n%s", err, out, body)
+	}
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// startPrometheus runs a Prometheus server scraping target every second
+// and returns its address once it is ready. It is killed at cleanup.
+func startPrometheus(t *testing.T, target string) string {
+	t.Helper()
+	bin := needTool(t, "prometheus")
+	for attempt := 0; ; attempt++ {
+		dir := t.TempDir()
+		cfg := filepath.Join(dir, "prometheus.yml")
+		err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: sidecar
+    static_configs:
+      - targets: [%q]
+`, target)), 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := freeAddr(t)
+		var out bytes.Buffer // written by one goroutine of exec; read after Wait
+		cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+			"--web.listen-address="+addr, "--log.level=warn")
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		t.Cleanup(func() { // before dir's removal: cleanups run last first
+			cmd.Process.Kill()
+			<-exited
+			if t.Failed() {
+				t.Logf("prometheus output:\n%s", out.String())
+			}
+		})
+		deadline := time.After(30 * time.Second)
+		tick := time.NewTicker(50 * time.Millisecond)
+	ready:
+		for {
+			if code, _, err := fetch("http://" + addr + "/-/ready"); err == nil && code == http.StatusOK {
+				tick.Stop()
+				return addr
+			}
+			select {
+			case err := <-exited:
+				exited <- err // for the cleanup
+				tick.Stop()
+				if attempt == 0 && strings.Contains(out.String(), "address already in use") {
+					break ready // lost the port to someone: once more
+				}
+				t.Fatalf("prometheus exited (%v):\n%s", err, out.String())
+			case <-deadline:
+				t.Fatal("prometheus not ready within 30s")
+			case <-tick.C:
+			}
+		}
+	}
+}
+
+// promQuery is the part of Prometheus's /api/v1/query answer we read.
+type promQuery struct {
+	Status string `json:"status"`
+	Data   struct {
+		ResultType string `json:"resultType"`
+		Result     []struct {
+			Metric map[string]string `json:"metric"`
+			Value  [2]any            `json:"value"` // [unix time, "value"]
+		} `json:"result"`
+	} `json:"data"`
+	Error string `json:"error"`
+}
+
+func TestPrometheusScrapesSidecar(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
+	admin := adminAddrOf(t, m)
+	prom := startPrometheus(t, admin)
+
+	query := "http://" + prom + "/api/v1/query?query=" + url.QueryEscape(`sidecar_workers{state="listening"}`)
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last string
+	for {
+		code, body, err := fetch(query)
+		if err != nil {
+			t.Fatalf("query Prometheus: %v", err)
+		}
+		var q promQuery
+		if code != http.StatusOK || json.Unmarshal([]byte(body), &q) != nil || q.Status != "success" {
+			t.Fatalf("query Prometheus: %d %s", code, body)
+		}
+		last = body
+		if len(q.Data.Result) == 1 && q.Data.Result[0].Value[1] == "2" {
+			lbl := q.Data.Result[0].Metric
+			if lbl["job"] != "sidecar" || lbl["instance"] != admin || lbl["state"] != "listening" || lbl["__name__"] != "sidecar_workers" {
+				t.Fatalf("unexpected labels %v", lbl)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Prometheus did not read sidecar_workers{state=\"listening\"} = 2 within 30s; last answer: %s", last)
+		}
+		<-tick.C
+	}
+	// The scrape itself is healthy in Prometheus's eyes.
+	code, body := mustFetch(t, "http://"+prom+"/api/v1/query?query="+url.QueryEscape(`up{job="sidecar"}`))
+	var q promQuery
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &q) != nil || len(q.Data.Result) != 1 || q.Data.Result[0].Value[1] != "1" {
+		t.Fatalf("up{job=\"sidecar\"}: %d %s", code, body)
+	}
+}
+
+// statusOf does one GET with c and returns the status code.
+func statusOf(c *http.Client, url string) (int, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func TestReadyzFollowsWorkersAndSIGTERM(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--shutdown-delay", "2s",
+		"--", "env", "SIDECAR_TEST_ROLE=worker-late", "SIDECAR_TEST_GATE="+gate, os.Args[0])
+	adminAddr := adminAddrOf(t, m)
+	admin := "http://" + adminAddr
+	m.waitLines(`"Worker forked"`, 2, 10*time.Second)
+
+	// No worker can listen before the gate exists: not ready.
+	for _, path := range []string{"/readyz", "/healthz", "/readyz/workers"} {
+		code, body := mustFetch(t, admin+path)
+		if code != http.StatusServiceUnavailable {
+			t.Fatalf("GET %s before workers listen: %d %q, want 503", path, code, body)
+		}
+		if strings.Contains(body, "required") || strings.Contains(body, "listening") {
+			t.Errorf("GET %s: the reason is in the body: %q", path, body)
+		}
+	}
+	code, body := mustFetch(t, admin+"/readyz?verbose")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "[-]workers failed\n") ||
+		!strings.Contains(body, "[+]draining ok\n") || !strings.Contains(body, "[+]config ok\n") {
+		t.Fatalf("/readyz?verbose before workers listen: %d %q", code, body)
+	}
+	if code, body := mustFetch(t, admin+"/readyz/draining"); code != http.StatusOK || body != "ok" {
+		t.Fatalf("/readyz/draining: %d %q", code, body)
+	}
+	if code, body := mustFetch(t, admin+"/livez"); code != http.StatusOK || body != "ok" {
+		t.Fatalf("/livez while workers start: %d %q", code, body)
+	}
+	m.waitLine(`"Probe failed" probe="readyz" failed="workers"`, 5*time.Second) // the reason goes to the log
+	waitMetrics(t, adminAddr, 5*time.Second,
+		eq(0, "sidecar_ready"), eq(0, "sidecar_workers", "state", "listening"))
+
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if body := waitStatus(t, admin+"/readyz", http.StatusOK, 15*time.Second); body != "ok" {
+		t.Fatalf("/readyz: 200 %q, want \"ok\"", body)
+	}
+	if n := m.count(`"Worker listening"`); n != 2 {
+		t.Fatalf("/readyz passed with %d workers listening, want 2", n)
+	}
+	if code, body := mustFetch(t, admin+"/healthz"); code != http.StatusOK || body != "ok" {
+		t.Fatalf("/healthz when ready: %d %q", code, body)
+	}
+	waitMetrics(t, adminAddr, 5*time.Second,
+		eq(1, "sidecar_ready"), eq(0, "sidecar_draining"), eq(2, "sidecar_workers", "state", "listening"))
+
+	// SIGTERM: /readyz fails at once. Poll it tightly over one kept-alive
+	// connection.
+	fast := &http.Client{Timeout: 2 * time.Second}
+	defer fast.CloseIdleConnections()
+	if c, err := statusOf(fast, admin+"/readyz"); err != nil || c != http.StatusOK {
+		t.Fatalf("/readyz before SIGTERM: %d %v", c, err)
+	}
+	signalled := time.Now()
+	m.signal(syscall.SIGTERM)
+	var took time.Duration
+	for i := 0; ; i++ {
+		c, err := statusOf(fast, admin+"/readyz")
+		if err != nil {
+			t.Fatalf("/readyz after SIGTERM: %v", err)
+		}
+		if c == http.StatusServiceUnavailable {
+			took = time.Since(signalled)
+			break
+		}
+		if c != http.StatusOK || i >= 100000 || time.Since(signalled) > 2*time.Second {
+			t.Fatalf("/readyz still %d %v after SIGTERM", c, time.Since(signalled))
+		}
+	}
+	t.Logf("/readyz failed %v after SIGTERM", took)
+	if took >= 100*time.Millisecond {
+		t.Errorf("/readyz turned 503 %v after SIGTERM, want < 100ms", took)
+	}
+
+	// During --shutdown-delay traffic is still served, /livez passes and
+	// /readyz fails because of draining only.
+	served := 0
+	for i := 0; i < 2000 && time.Since(signalled) < 1200*time.Millisecond; i++ {
+		if _, body, err := get("http://" + m.addr + "/"); err != nil || !strings.HasPrefix(body, "worker ") {
+			t.Fatalf("request %v after SIGTERM, within the shutdown delay: %q %v", time.Since(signalled), body, err)
+		}
+		served++
+		if c, err := statusOf(fast, admin+"/livez"); err != nil || c != http.StatusOK {
+			t.Fatalf("/livez during the shutdown delay: %d %v", c, err)
+		}
+	}
+	if m.count(`"Shutting down workers"`) != 0 || m.count(`"Disconnecting worker"`) != 0 {
+		t.Fatalf("the drain began before --shutdown-delay passed (%v after SIGTERM)", time.Since(signalled))
+	}
+	t.Logf("served %d requests during the shutdown delay", served)
+	if code, body := mustFetch(t, admin+"/readyz?verbose"); code != http.StatusServiceUnavailable ||
+		!strings.Contains(body, "[+]workers ok\n") || !strings.Contains(body, "[-]draining failed\n") {
+		t.Fatalf("/readyz?verbose while draining: %d %q", code, body)
+	}
+	waitMetrics(t, adminAddr, 5*time.Second, eq(1, "sidecar_draining"), eq(0, "sidecar_ready"))
+
+	// /livez passes until the admin server goes away with the master.
+	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	checks := 0
+	for ; ; checks++ {
+		c, err := statusOf(client, admin+"/livez")
+		if err != nil {
+			break // the master closed its admin server on its way out
+		}
+		if c != http.StatusOK {
+			t.Fatalf("/livez %d %v after SIGTERM, want 200 until exit", c, time.Since(signalled))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the master still serves /livez 20s after SIGTERM")
+		}
+		<-tick.C
+	}
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	if d := time.Since(signalled); d < 2*time.Second {
+		t.Fatalf("exited %v after SIGTERM, before --shutdown-delay 2s", d)
+	}
+	t.Logf("/livez passed %d times until exit", checks)
+}
+
+func TestAdminPaths(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "1")
+	admin := "http://" + adminAddrOf(t, m)
+	if strings.TrimPrefix(admin, "http://") == m.addr {
+		t.Fatal("the admin server shares the traffic address")
+	}
+	waitStatus(t, admin+"/readyz", http.StatusOK, 10*time.Second)
+	for path, want := range map[string]int{
+		"/metrics": 200, "/livez": 200, "/readyz": 200, "/healthz": 200,
+		"/readyz/workers": 200, "/readyz/draining": 200, "/readyz/config": 200, "/livez/supervisor": 200,
+		"/": 404, "/nope": 404, "/metrics/x": 404, "/readyz/nope": 404, "/favicon.ico": 404,
+		"/debug/pprof/": 404, "/debug/pprof/cmdline": 404, "/debug/pprof/goroutine": 404,
+		"/debug/vars": 404,
+	} {
+		if code, body := mustFetch(t, admin+path); code != want {
+			t.Errorf("GET %s: %d, want %d (%.80q)", path, code, want, body)
+		}
+	}
+	// No admin path on the traffic port: the worker answers those.
+	for _, path := range []string{"/metrics", "/readyz", "/livez", "/debug/pprof/"} {
+		_, body, err := get("http://" + m.addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(body, "hello from worker") {
+			t.Errorf("GET %s on the traffic port: %.80q, want the worker's answer", path, body)
+		}
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+}
+
+func TestAdminPprofWhenEnabled(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "1", "--enable-pprof")
+	admin := "http://" + adminAddrOf(t, m)
+	code, body := mustFetch(t, admin+"/debug/pprof/")
+	if code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Fatalf("/debug/pprof/: %d %.200q", code, body)
+	}
+	for _, path := range []string{"/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=1", "/debug/pprof/heap?debug=1"} {
+		if code, body := mustFetch(t, admin+path); code != http.StatusOK {
+			t.Errorf("GET %s: %d %.200q", path, code, body)
+		}
+	}
+	if code, _ := mustFetch(t, admin+"/nope"); code != http.StatusNotFound {
+		t.Errorf("GET /nope with pprof on: %d, want 404", code)
+	}
+}
+
+// listeningPorts lists the TCP ports pid has a listening socket on.
+func listeningPorts(t *testing.T, pid int) []int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(link, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
+		}
+	}
+	var ports []int
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		f, err := os.Open(table)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fs := strings.Fields(sc.Text())
+			// sl local_address rem_address st … inode(9)
+			if len(fs) < 10 || fs[3] != "0A" || !inodes[fs[9]] {
+				continue
+			}
+			if i := strings.LastIndexByte(fs[1], ':'); i >= 0 {
+				p, _ := strconv.ParseInt(fs[1][i+1:], 16, 32)
+				ports = append(ports, int(p))
+			}
+		}
+		f.Close()
+	}
+	return ports
+}
+
+func TestAdminDisabledByEmptyAddr(t *testing.T) {
+	m := startMaster(t, nil, "--admin-addr", "", "--listen", "127.0.0.1:0", "--workers", "1")
+	m.waitLine(`"Starting"`, 10*time.Second)
+	m.waitLine(`"Worker listening"`, 10*time.Second)
+	if n := m.count(`"Admin server listening"`); n != 0 {
+		t.Fatalf("--admin-addr \"\" still started the admin server")
+	}
+	_, port, _ := net.SplitHostPort(m.addr)
+	if ports := listeningPorts(t, m.cmd.Process.Pid); len(ports) != 1 || strconv.Itoa(ports[0]) != port {
+		t.Fatalf("the master listens on ports %v, want only the traffic port %s", ports, port)
+	}
+	if _, body, err := get("http://" + m.addr + "/"); err != nil || !strings.HasPrefix(body, "hello from worker") {
+		t.Fatalf("traffic without the admin server: %q %v", body, err)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+}
+
+// With the admin server on, the master listens on exactly two ports.
+func TestAdminOwnPort(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "1")
+	admin := adminAddrOf(t, m)
+	_, aport, _ := net.SplitHostPort(admin)
+	_, tport, _ := net.SplitHostPort(m.addr)
+	ports := listeningPorts(t, m.cmd.Process.Pid)
+	got := map[string]bool{}
+	for _, p := range ports {
+		got[strconv.Itoa(p)] = true
+	}
+	if len(ports) != 2 || !got[aport] || !got[tport] || aport == tport {
+		t.Fatalf("the master listens on %v, want the traffic port %s and the admin port %s", ports, tport, aport)
+	}
+}
