@@ -44,6 +44,9 @@ func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gathe
 		ctx, cancel := context.WithTimeout(r.Context(), probeTimeout)
 		defer cancel()
 		_, err := sup.WorkersContext(ctx)
+		if errors.Is(err, workers.ErrStopped) {
+			return nil // the pool has finished: the master is exiting, not stuck
+		}
 		return err
 	}))
 	ready := health.NewProbe("readyz",
@@ -57,6 +60,10 @@ func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gathe
 		health.NamedCheck("config", func(*http.Request) error { return nil }), // parsed before start
 	)
 	ready.OnResult = m.SetReady
+	m.SetReadiness(func() bool {
+		r, _ := http.NewRequest(http.MethodGet, "/readyz", nil)
+		return ready.Passes(r)
+	})
 	live.Install(mux)
 	ready.Install(mux, "/healthz")
 	if pprofOn {

@@ -42,15 +42,25 @@ type Probe struct {
 // NewProbe returns the probe name ("livez", "readyz") made of checks.
 func NewProbe(name string, checks ...Check) *Probe { return &Probe{name: name, checks: checks} }
 
-// Install serves the probe on mux at /<name> and /<name>/<check>, and at
-// the extra paths given (aliases such as /healthz).
+// Install serves the probe on mux at /<name> and /<name>/<check>, and the
+// same under each alias (such as /healthz and /healthz/<check>).
 func (p *Probe) Install(mux *http.ServeMux, aliases ...string) {
 	for _, path := range append([]string{"/" + p.name}, aliases...) {
 		mux.Handle(path, p.handler(p.checks, true))
+		for _, c := range p.checks {
+			mux.Handle(path+"/"+c.Name(), p.handler([]Check{c}, false))
+		}
 	}
+}
+
+// Passes runs every check with r and reports whether all pass.
+func (p *Probe) Passes(r *http.Request) bool {
 	for _, c := range p.checks {
-		mux.Handle("/"+p.name+"/"+c.Name(), p.handler([]Check{c}, false))
+		if c.Check(r) != nil {
+			return false
+		}
 	}
+	return true
 }
 
 func (p *Probe) handler(checks []Check, full bool) http.Handler {

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,7 +32,9 @@ type Metrics struct {
 	acceptErrors *prometheus.CounterVec
 	queueLength  prometheus.Gauge
 	dispatchWait prometheus.Histogram
-	ready        prometheus.Gauge
+	ready        prometheus.GaugeFunc
+	readyValue   atomic.Bool                 // last verdict, when no readiness func is set
+	readiness    atomic.Pointer[func() bool] // evaluated at scrape time
 	draining     prometheus.Gauge
 
 	stateGauges  [workers.Dead]prometheus.Gauge // by State, Dead excluded
@@ -77,13 +80,19 @@ func New(reg prometheus.Registerer, version string, slots int, procs func() []wo
 			Help:    "Time from accept to the worker's accepted:true.",
 			Buckets: prometheus.ExponentialBuckets(25e-6, 2, 16), // 25µs … 0.8s
 		}),
-		ready: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sidecar_ready", Help: "1 when /readyz passes.",
-		}),
+
 		draining: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sidecar_draining", Help: "1 while the master drains after SIGTERM.",
 		}),
 	}
+	m.ready = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sidecar_ready", Help: "1 when /readyz passes (evaluated at scrape time).",
+	}, func() float64 {
+		if f := m.readiness.Load(); f != nil {
+			return b2f((*f)())
+		}
+		return b2f(m.readyValue.Load())
+	})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sidecar_build_info", Help: "Build information; always 1.",
 	}, []string{"version", "goversion"})
@@ -110,8 +119,12 @@ func New(reg prometheus.Registerer, version string, slots int, procs func() []wo
 	return m
 }
 
-// SetReady records the readiness probe's verdict.
-func (m *Metrics) SetReady(ok bool) { m.ready.Set(b2f(ok)) }
+// SetReady records the readiness probe's verdict, for when no readiness
+// function is set.
+func (m *Metrics) SetReady(ok bool) { m.readyValue.Store(ok) }
+
+// SetReadiness makes sidecar_ready evaluate f at every scrape.
+func (m *Metrics) SetReadiness(f func() bool) { m.readiness.Store(&f) }
 
 // SetDraining records that the master drains.
 func (m *Metrics) SetDraining(on bool) { m.draining.Set(b2f(on)) }

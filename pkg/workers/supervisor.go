@@ -184,7 +184,7 @@ func (s *Supervisor) WorkersContext(ctx context.Context) ([]Info, error) {
 	select {
 	case s.events <- snapshotEvent{reply}:
 	case <-s.done:
-		return nil, errStopped
+		return nil, ErrStopped
 	case <-ctx.Done():
 		return nil, fmt.Errorf("supervisor loop busy: %w", ctx.Err())
 	}
@@ -192,13 +192,14 @@ func (s *Supervisor) WorkersContext(ctx context.Context) ([]Info, error) {
 	case r := <-reply:
 		return r, nil
 	case <-s.done:
-		return nil, errStopped
+		return nil, ErrStopped
 	case <-ctx.Done():
 		return nil, fmt.Errorf("supervisor loop did not answer: %w", ctx.Err())
 	}
 }
 
-var errStopped = errors.New("supervisor stopped")
+// ErrStopped is returned by WorkersContext after Run has returned.
+var ErrStopped = errors.New("supervisor stopped")
 
 // Run spawns the pool and supervises it until Shutdown completes (nil), the
 // pool gives up (an error saying why) or ctx ends (every worker is killed).
