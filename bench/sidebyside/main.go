@@ -1,0 +1,170 @@
+// Command sidebyside benchmarks sidecar against Node's own cluster primary
+// on this machine, in one run: the same Node hello app under Node's primary
+// (rr and none) and under sidecar (rr and shared), plus sidecar's built-in
+// Go hello workers (rr and shared). Each setup is loaded by wrk with
+// keep-alive and with "Connection: close", and the results are printed as a
+// Markdown table and written, with an SVG chart, to a results directory.
+//
+//	go run ./bench/sidebyside                 # 2 workers, 5 s per mode
+//	go run ./bench/sidebyside -workers 2,8    # also 8 workers
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options is the command line.
+type options struct {
+	workers    []int
+	duration   time.Duration
+	warmup     time.Duration
+	threads    int
+	conns      int
+	timeout    time.Duration
+	startLimit time.Duration
+	out        string
+	only       string
+	rev        string
+	extra      []string // more sidecar flags
+	quietWait  time.Duration
+	quiet      float64
+	noise      float64
+	retries    int
+}
+
+func main() {
+	opts, err := parseOptions(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sidebyside:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, opts); err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "sidebyside: interrupted; everything it started is stopped")
+			os.Exit(130)
+		}
+		fmt.Fprintln(os.Stderr, "sidebyside:", err)
+		os.Exit(1)
+	}
+}
+
+func parseOptions(args []string) (*options, error) {
+	fs := flag.NewFlagSet("sidebyside", flag.ContinueOnError)
+	o := &options{}
+	workers := fs.String("workers", "2", "comma-separated worker counts to run, e.g. 2,8")
+	fs.DurationVar(&o.duration, "duration", 5*time.Second, "wrk run length per mode (keep-alive, close)")
+	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured wrk warm-up per setup")
+	fs.IntVar(&o.threads, "threads", 1, "wrk threads (-t)")
+	fs.IntVar(&o.conns, "conns", 50, "wrk connections (-c)")
+	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "wrk per-request timeout (--timeout)")
+	fs.DurationVar(&o.startLimit, "start-timeout", 30*time.Second, "deadline for a setup to start serving")
+	fs.StringVar(&o.out, "out", "", "results directory (default <module>/bench/results)")
+	fs.DurationVar(&o.quietWait, "quiet-wait", time.Minute, "before each setup, wait at most this long for the machine to be idle")
+	fs.Float64Var(&o.quiet, "quiet", 0.15, "idle means less than this fraction of all CPUs busy")
+	fs.Float64Var(&o.noise, "noise", 0.10, "measure a mode again when other processes used more than this many CPUs during it")
+	fs.IntVar(&o.retries, "retries", 2, "at most this many extra runs per mode because of -noise")
+	fs.StringVar(&o.rev, "rev", "", "build sidecar from this git revision (git archive) instead of the working tree")
+	extra := fs.String("sidecar-args", "", "more sidecar flags, space-separated (they come last, so they win), e.g. --admin-addr=")
+	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	o.extra = strings.Fields(*extra)
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	for _, s := range strings.Split(*workers, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-workers: bad count %q", s)
+		}
+		o.workers = append(o.workers, n)
+	}
+	if o.duration < time.Second || o.threads < 1 || o.conns < o.threads {
+		return nil, errors.New("need -duration >= 1s, -threads >= 1 and -conns >= -threads")
+	}
+	return o, nil
+}
+
+// run builds sidecar, runs every setup for every worker count and writes
+// the report. Every process it starts is gone when it returns.
+func run(ctx context.Context, o *options) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	if o.out == "" {
+		o.out = filepath.Join(root, "bench", "results")
+	}
+	tmp, err := os.MkdirTemp("", "sidebyside-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	env, err := prepare(ctx, root, o.rev, tmp, o.out)
+	if err != nil {
+		return err
+	}
+	env.extra = o.extra
+	machine := describeMachine(o) + "; sidecar built from " + env.built
+	if len(o.extra) > 0 {
+		machine += ", run with " + strings.Join(o.extra, " ")
+	}
+	var results []result
+	failed := 0
+	for _, n := range o.workers {
+		for _, s := range selectSetups(o.only) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			fmt.Fprintf(os.Stderr, "== %s, %d workers\n", s.name, n)
+			rs, err := measureSetup(ctx, env, o, s, n)
+			results = append(results, rs...)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				fmt.Fprintf(os.Stderr, "   FAILED: %v\n", err)
+				results = append(results, result{setup: s, workers: n, err: err})
+				failed++
+			}
+		}
+	}
+	if err := writeReport(o.out, machine, o, results); err != nil {
+		return err
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d setup(s) failed; see the table's notes and %s", failed, env.logs)
+	}
+	return nil
+}
+
+// selectSetups is every setup, or those named in only.
+func selectSetups(only string) []setup {
+	if only == "" {
+		return setups
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(only, ",") {
+		want[strings.TrimSpace(s)] = true
+	}
+	var out []setup
+	for _, s := range setups {
+		if want[s.name] {
+			out = append(out, s)
+		}
+	}
+	return out
+}

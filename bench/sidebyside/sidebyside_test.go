@@ -1,0 +1,112 @@
+package main
+
+import (
+	"encoding/xml"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+const wrkOutput = `Running 1s test @ http://127.0.0.1:18555/
+  2 threads and 10 connections
+  2117 requests in 1.01s, 303.91KB read
+Requests/sec:   2093.08
+SBS requests 2117
+SBS duration_us 1011427
+SBS errors 1 2 3 4 5
+SBS p50_us 2691
+SBS p99_us 27954
+SBS worker 1 685
+SBS worker 2 402
+SBS worker 1 616
+SBS worker 2 414
+`
+
+func TestParseTally(t *testing.T) {
+	r, err := parseTally(wrkOutput)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.requests != 2117 || r.duration != 1011427*time.Microsecond {
+		t.Errorf("requests %d duration %v", r.requests, r.duration)
+	}
+	if r.p50 != 2691*time.Microsecond || r.p99 != 27954*time.Microsecond {
+		t.Errorf("p50 %v p99 %v", r.p50, r.p99)
+	}
+	if want := (wrkErrors{1, 2, 3, 4, 5}); r.errors != want || r.errors.total() != 15 {
+		t.Errorf("errors %+v", r.errors)
+	}
+	if r.counts["1"] != 1301 || r.counts["2"] != 816 {
+		t.Errorf("counts %v (threads must be summed)", r.counts)
+	}
+	if _, err := parseTally("Requests/sec: 1\n"); err == nil {
+		t.Error("output without a tally parsed")
+	}
+}
+
+func TestShare(t *testing.T) {
+	r := &result{workers: 2, run: &wrkRun{counts: map[string]int{"1": 300, "2": 100}}}
+	if ratio, ids := r.share(); ratio != 3 || ids != 2 {
+		t.Errorf("share %v ids %d", ratio, ids)
+	}
+	r = &result{workers: 3, run: &wrkRun{counts: map[string]int{"1": 300, "2": 100, "none": 5}}}
+	if ratio, ids := r.share(); !math.IsInf(ratio, 1) || ids != 2 {
+		t.Errorf("a silent worker: share %v ids %d", ratio, ids)
+	}
+}
+
+func TestWrkArgs(t *testing.T) {
+	s := wrkSpec{port: 8080, mode: closeMode, duration: 5 * time.Second, threads: 1, conns: 50,
+		timeout: 2 * time.Second, script: "t.lua"}
+	got := strings.Join(s.args(), " ")
+	want := `-t 1 -c 50 -d 5s --timeout 2s --latency -s t.lua -H Connection: close http://127.0.0.1:8080/`
+	if got != want {
+		t.Errorf("args\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestStatFieldsOfSelf(t *testing.T) {
+	f := statFields("self")
+	if len(f) < 13 {
+		t.Fatalf("fields %v", f)
+	}
+	if _, err := cpuTicks(1); err != nil {
+		t.Skip("no /proc/1/stat:", err)
+	}
+}
+
+func TestChartIsXML(t *testing.T) {
+	rs := []result{
+		{setup: setups[0], workers: 2, mode: closeMode, conns: 8100, run: &wrkRun{}},
+		{setup: setups[2], workers: 2, mode: closeMode, conns: 16200, run: &wrkRun{}},
+		{setup: setups[2], workers: 2, mode: keepAlive, conns: 10, run: &wrkRun{}},
+	}
+	svg := chart(`2 vCPU <"quoted"> & more`, rs)
+	if err := xml.Unmarshal([]byte(svg), new(struct{})); err != nil {
+		t.Fatalf("not XML: %v\n%s", err, svg)
+	}
+	if strings.Count(svg, "<rect") != 3 { // background and two close-mode bars
+		t.Errorf("want 2 bars:\n%s", svg)
+	}
+}
+
+func TestWrapWords(t *testing.T) {
+	lines := wrapWords("aaa bbb ccc ddd", 7)
+	if strings.Join(lines, "|") != "aaa bbb|ccc ddd" {
+		t.Errorf("%q", lines)
+	}
+}
+
+func TestFormat(t *testing.T) {
+	for _, c := range []struct{ got, want string }{
+		{fmtCount(8123), "8.12k"}, {fmtCount(950), "950"},
+		{fmtFloat(math.NaN(), 1), "—"}, {fmtFloat(math.Inf(1), 1), "∞"},
+		{fmtLatency(1500 * time.Microsecond), "1.50ms"}, {fmtLatency(800 * time.Microsecond), "800µs"},
+		{seconds(1500 * time.Millisecond), "2s"}, {seconds(0), "1s"},
+	} {
+		if c.got != c.want {
+			t.Errorf("got %q want %q", c.got, c.want)
+		}
+	}
+}
