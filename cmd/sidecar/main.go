@@ -164,6 +164,7 @@ func (m *app) handleSignals(ctx context.Context) error {
 				return errSecondSignal
 			}
 			draining = true
+			m.sup.StopRespawning()
 			if m.admin != nil {
 				m.admin.setDraining()
 			} else {

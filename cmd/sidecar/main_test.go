@@ -310,3 +310,23 @@ func onlyChild(t *testing.T, pid int) int {
 	n, _ := strconv.Atoi(kids[0].pid)
 	return n
 }
+
+// TestGroupSIGTERMDoesNotRespawn: SIGTERM to the whole process group (what a
+// terminal's Ctrl-C or `kill -- -pgid` does) reaches the workers too; the
+// draining master must not replace them, and still exits 0.
+func TestGroupSIGTERMDoesNotRespawn(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "--admin-addr", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--workers", "2")
+	cmd.Env = append(os.Environ(), envRole+"=main", "GORACE=atexit_sleep_ms=0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	m := startCmd(t, cmd)
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	if n := len(m.workerPids()); n != 2 {
+		t.Fatalf("%d workers were forked, want 2 (no respawn while draining)", n)
+	}
+}

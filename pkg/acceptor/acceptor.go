@@ -110,6 +110,9 @@ func (a *Acceptor) bind(s Spec, v6only bool, name string, prebound bool) (*Liste
 		host, _, _ := net.SplitHostPort(s.Address)
 		s.Address = net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
 	}
+	if name == "" {
+		name = s.String()
+	}
 	l, err := newListener(name, s, ln, prebound, &a.opts)
 	if err != nil {
 		ln.Close()
@@ -168,7 +171,7 @@ func (a *Acceptor) Query(t Target, q *ipc.Message) Reply {
 	if l == nil {
 		s, v6only, err := specFor(q)
 		if err == nil {
-			l, err = a.bind(s, v6only, s.String(), false)
+			l, err = a.bind(s, v6only, "", false) // named by its real address
 		}
 		if err != nil {
 			return Reply{Errno: negErrno(err), Err: err, Key: key, FD: -1}
@@ -199,11 +202,7 @@ func (a *Acceptor) Query(t Target, q *ipc.Message) Reply {
 
 // rawFD is the listening socket's descriptor, valid while the listener is
 // open (the acceptor closes listeners only when it stops).
-func (l *Listener) rawFD() (int, error) {
-	fd := -1
-	err := l.rc.Control(func(f uintptr) { fd = int(f) })
-	return fd, err
-}
+func (l *Listener) rawFD() (int, error) { return l.fd, nil }
 
 // ServerKey is Node's key for a queryServer: address:port:addressType:fd:index
 // with JavaScript's spelling of null and undefined.

@@ -33,8 +33,9 @@ type Target interface {
 type Listener struct {
 	name     string // for logs and metrics: the --listen text or bound address
 	spec     Spec   // what was asked; Address has the real port for tcp
-	ln       net.Listener
-	file     *os.File // a duplicate of the socket, accepted on
+	addr     net.Addr
+	fd       int      // the listening socket
+	file     *os.File // fd, registered with the poller (round-robin only)
 	rc       syscall.RawConn
 	prebound bool
 	opts     *Options
@@ -52,6 +53,7 @@ type Listener struct {
 	changed   chan struct{} // queue, inflight or delayed went down
 	served    chan struct{} // closed when the accept loop has returned
 	serveOnce sync.Once
+	closeOnce sync.Once
 }
 
 // member is one worker's registration on a listener under one server key.
@@ -72,6 +74,10 @@ type conn struct {
 }
 
 func newListener(name string, spec Spec, ln net.Listener, prebound bool, opts *Options) (*Listener, error) {
+	defer ln.Close()
+	if ul, ok := ln.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false) // the socket lives on in the duplicate; close unlinks
+	}
 	sc, ok := ln.(syscall.Conn)
 	if !ok {
 		return nil, errors.New("listener has no raw descriptor")
@@ -80,8 +86,11 @@ func newListener(name string, spec Spec, ln net.Listener, prebound bool, opts *O
 	if err != nil {
 		return nil, err
 	}
-	// A net.Listener's RawConn cannot wait for readability; an *os.File's
-	// can. Accept on a duplicate of the socket, registered with the poller.
+	// Keep a duplicate of the socket and close the net.Listener, whose
+	// descriptor is registered with the runtime poller: a registered socket
+	// wakes the poller on every connection even when nobody waits on it. A
+	// net.Listener's RawConn cannot wait for readability either; an
+	// *os.File's can.
 	dup := -1
 	var derr error
 	if err := lrc.Control(func(fd uintptr) {
@@ -89,22 +98,25 @@ func newListener(name string, spec Spec, ln net.Listener, prebound bool, opts *O
 	}); err != nil || derr != nil {
 		return nil, errors.Join(err, derr)
 	}
+	l := &Listener{
+		name: name, spec: spec, addr: ln.Addr(), fd: dup, prebound: prebound, opts: opts,
+		wake:    make(chan struct{}, 1),
+		changed: make(chan struct{}, 1),
+		served:  make(chan struct{}),
+	}
+	if opts.Shared {
+		return l, nil // workers accept; the master never waits on it
+	}
 	if err := unix.SetNonblock(dup, true); err != nil {
 		unix.Close(dup)
 		return nil, err
 	}
-	file := os.NewFile(uintptr(dup), name)
-	rc, err := file.SyscallConn()
-	if err != nil {
-		file.Close()
+	l.file = os.NewFile(uintptr(dup), name)
+	if l.rc, err = l.file.SyscallConn(); err != nil {
+		l.file.Close()
 		return nil, err
 	}
-	return &Listener{
-		name: name, spec: spec, ln: ln, file: file, rc: rc, prebound: prebound, opts: opts,
-		wake:    make(chan struct{}, 1),
-		changed: make(chan struct{}, 1),
-		served:  make(chan struct{}),
-	}, nil
+	return l, nil
 }
 
 // Name is the listener's label: its --listen text, or the address a worker
@@ -112,7 +124,7 @@ func newListener(name string, spec Spec, ln net.Listener, prebound bool, opts *O
 func (l *Listener) Name() string { return l.name }
 
 // Addr is the bound address (the real port when 0 was asked).
-func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+func (l *Listener) Addr() net.Addr { return l.addr }
 
 // WorkerAddress is how a built-in worker names this listener in its own
 // queryServer: the --listen host with the real port, "unix:/path" or "fd:N".
@@ -236,7 +248,9 @@ func (l *Listener) stop() {
 	l.stopped = true
 	l.mu.Unlock()
 	signal(l.wake)
-	_ = l.file.SetDeadline(time.Unix(1, 0))
+	if l.file != nil {
+		_ = l.file.SetDeadline(time.Unix(1, 0))
+	}
 	l.serveOnce.Do(func() { close(l.served) }) // never started: nothing to wait for
 	<-l.served
 }
@@ -282,10 +296,18 @@ func (l *Listener) hasWorkers() bool {
 	return false
 }
 
-// close closes the socket.
+// close closes the socket (and removes a unix socket's file).
 func (l *Listener) close() {
-	l.file.Close()
-	l.ln.Close()
+	l.closeOnce.Do(func() {
+		if l.file != nil {
+			l.file.Close()
+		} else {
+			unix.Close(l.fd)
+		}
+		if l.spec.Network == "unix" {
+			os.Remove(l.spec.Address)
+		}
+	})
 }
 
 // closeQueued closes every connection still queued (a hard stop).

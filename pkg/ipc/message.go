@@ -117,12 +117,16 @@ type wireMessage struct {
 	Msg         json.RawMessage `json:"msg"`
 }
 
-// flexInt accepts a JSON number or a string holding one, like JavaScript's
-// `| 0` coercions that Node applies to these fields.
+// flexInt accepts a JSON number, a string holding one, or a boolean, like
+// the JavaScript coercions Node applies to these fields.
 type flexInt int64
 
 func (f *flexInt) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
+	switch string(b) {
+	case "null", "false": // node sends "backlog":false for listen(port, host, cb)
+		return nil
+	case "true":
+		*f = 1
 		return nil
 	}
 	s := string(b)

@@ -239,6 +239,8 @@ func (s *Supervisor) onExit(ex Exit) {
 	}
 	switch {
 	case s.shutdown:
+	case s.noRespawn:
+		w.logger.Info("Not respawning: the master is draining")
 	case reason == ReasonVoluntary:
 		sl.left = true
 		w.logger.Info("Not respawning: the worker left on purpose")

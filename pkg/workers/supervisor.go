@@ -109,6 +109,7 @@ type Supervisor struct {
 	nextID     int
 	serverData map[string]json.RawMessage // first data per server key (Node)
 	shutdown   bool
+	noRespawn  bool // draining: exits are not replaced
 	giveUp     error
 }
 
@@ -152,6 +153,8 @@ type (
 	respawnEvent  struct{ slot int }
 	shutdownEvent struct{ deadline time.Duration }
 	snapshotEvent struct{ reply chan []Info }
+
+	stopRespawningEvent struct{}
 )
 
 // post hands an event to the loop; after Run has returned it is dropped.
@@ -161,6 +164,11 @@ func (s *Supervisor) post(ev any) {
 	case <-s.done:
 	}
 }
+
+// StopRespawning tells the supervisor the master is draining: workers that
+// exit from now on are not replaced (a signal sent to the whole process
+// group, such as Ctrl-C, must not make it respawn while it drains).
+func (s *Supervisor) StopRespawning() { s.post(stopRespawningEvent{}) }
 
 // Shutdown asks Run to disconnect every worker, respawn none, SIGKILL what
 // is left after deadline, and return nil once every worker is gone.
@@ -257,12 +265,20 @@ func (s *Supervisor) handle(ev any) {
 	case respawnEvent:
 		sl := s.slots[ev.slot]
 		sl.respawnTimer = nil
-		if !s.shutdown && sl.worker == nil {
+		if !s.shutdown && !s.noRespawn && sl.worker == nil {
 			s.cfg.Observer.Restarted(ev.slot)
 			s.spawn(ev.slot)
 		}
 	case shutdownEvent:
 		s.beginShutdown(ev.deadline)
+	case stopRespawningEvent:
+		s.noRespawn = true
+		for _, sl := range s.slots {
+			if sl.respawnTimer != nil {
+				sl.respawnTimer.Stop()
+				sl.respawnTimer = nil
+			}
+		}
 	case snapshotEvent:
 		ev.reply <- s.snapshot()
 	}
