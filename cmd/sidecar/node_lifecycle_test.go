@@ -5,54 +5,14 @@ package main
 // messages, SIGTERM and SIGKILL of the master.
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"regexp"
-	"strconv"
+	"net/url"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
-
-var exitedRE = regexp.MustCompile(`"Worker exited" worker=(\d+) slot=(\d+) pid=(\d+) status="([^"]*)" reason="([^"]*)"`)
-
-// workerExit is one "Worker exited" line.
-type workerExit struct {
-	id, slot, pid  int
-	status, reason string
-}
-
-func parseExit(t *testing.T, line string) workerExit {
-	t.Helper()
-	mm := exitedRE.FindStringSubmatch(line)
-	if mm == nil {
-		t.Fatalf("cannot parse exit line %q", line)
-	}
-	id, _ := strconv.Atoi(mm[1])
-	slot, _ := strconv.Atoi(mm[2])
-	pid, _ := strconv.Atoi(mm[3])
-	return workerExit{id, slot, pid, mm[4], mm[5]}
-}
-
-// waitExitOf waits for worker id's exit line.
-func (m *master) waitExitOf(id int, timeout time.Duration) workerExit {
-	m.t.Helper()
-	return parseExit(m.t, m.waitLine(fmt.Sprintf(`"Worker exited" worker=%d `, id), timeout))
-}
-
-func (m *master) count(substr string) int {
-	n := 0
-	for _, l := range m.output() {
-		if strings.Contains(l, substr) {
-			n++
-		}
-	}
-	return n
-}
 
 // Scenario 5: a worker that crashes, however it does, is respawned with a
 // new id that then serves.
@@ -77,7 +37,7 @@ func TestNodeCrashesAreRespawned(t *testing.T) {
 		if !tc.answers && err == nil {
 			t.Fatalf("%s: worker %d answered, want it dead", tc.path, info.ID)
 		}
-		ex := parseExit(t, m.waitLines(`"Worker exited"`, i+1, 5*time.Second)[i])
+		ex := parseNodeExit(t, m.waitLines(`"Worker exited"`, i+1, 5*time.Second)[i])
 		if tc.answers && ex.id != info.ID {
 			t.Fatalf("%s: worker %d answered but worker %d exited", tc.path, info.ID, ex.id)
 		}
@@ -93,7 +53,7 @@ func TestNodeCrashesAreRespawned(t *testing.T) {
 		m.waitLine(fmt.Sprintf(`"Worker listening" worker=%d `, newID), 10*time.Second)
 		a.until(t, newID, 10)
 	}
-	wantEven(t, a.spread(t, m, 10), []int{6, 7}, 5)
+	nodeWantEven(t, a.spread(t, m, 10), []int{6, 7}, 5)
 }
 
 // Scenario 6: a worker that leaves on purpose (cluster.worker.disconnect(),
@@ -108,7 +68,7 @@ func TestNodeLeavingOnPurposeIsNotRespawned(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
-		ex := m.waitExitOf(info.ID, 5*time.Second)
+		ex := nodeWaitExit(m, info.ID, 5*time.Second)
 		if ex.status != "exit code 0" || ex.reason != "voluntary" {
 			t.Fatalf("%s: worker %d exited with %q, reason %q; want exit code 0, voluntary", path, ex.id, ex.status, ex.reason)
 		}
@@ -134,7 +94,7 @@ func TestNodeLeavingOnPurposeIsNotRespawned(t *testing.T) {
 	if err := syscall.Kill(m.workerPids()[last], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if ex := m.waitExitOf(last, 5*time.Second); ex.reason != "signal" {
+	if ex := nodeWaitExit(m, last, 5*time.Second); ex.reason != "signal" {
 		t.Fatalf("worker %d killed: reason %q, want signal", last, ex.reason)
 	}
 	m.waitLine(`"Worker listening" worker=4 `, 10*time.Second)
@@ -147,54 +107,53 @@ func TestNodeLeavingOnPurposeIsNotRespawned(t *testing.T) {
 	}
 }
 
-// hold opens a connection doing GET /hold: the app sends the headers at
-// once and holds the connection (the body ends when the client goes away).
-// It returns the worker holding it.
-func hold(t *testing.T, addr string) (net.Conn, int) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, "GET /hold HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := strconv.Atoi(resp.Header.Get("X-Worker-Id"))
-	if err != nil {
-		t.Fatalf("/hold: bad X-Worker-Id: %v", err)
-	}
-	return c, id
-}
-
 // Scenario 7: a worker at maxConnections answers accepted:false and the
 // connection is served by the other worker, not dropped.
 func TestNodeMaxConnectionsRefusal(t *testing.T) {
 	m := startNode(t, []string{"APP_MAXCONN_WORKER=1"}) // worker 1: maxConnections = 1
 	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
-	var full net.Conn
-	for range 4 { // round-robin: one of the first two lands on worker 1
-		if c, id := hold(t, m.addr); id == 1 {
-			full = c
-			break
-		}
-	}
-	if full == nil {
-		t.Fatal("no /hold connection reached worker 1")
-	}
+	full := nodeHoldOn(t, m, 1)
 	a := dialApp("tcp", m.addr)
+	before := nodeRejected(t, m)
 	if seen := a.spread(t, m, 10); seen[2] != 10 {
 		t.Fatalf("with worker 1 full, want worker 2 to serve all 10 requests, got %v", seen)
+	}
+	// Round-robin offered worker 1 every other connection at least.
+	if n := nodeRejected(t, m) - before; n < 5 {
+		t.Fatalf("%v connections refused by worker 1 (accepted:false), want at least 5", n)
 	}
 	full.Close() // worker 1 has room again
 	a.until(t, 1, 20)
 	if n := m.count(`"Worker exited"`); n != 0 {
 		t.Fatalf("%d workers exited", n)
+	}
+}
+
+// With every worker at maxConnections, a new connection is not dropped: it
+// is refused (the metrics count it) and retried until a worker has room.
+func TestNodeMaxConnectionsAllFull(t *testing.T) {
+	m := startNode(t, []string{"APP_MAXCONN_WORKER=1,2"})
+	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
+	c1, id1 := nodeHold(t, m.addr)
+	_, id2 := nodeHold(t, m.addr) // refused by worker id1 if it came to it first
+	if id1+id2 != 3 {
+		t.Fatalf("the two /hold connections are on workers %d and %d, want 1 and 2", id1, id2)
+	}
+	type result struct {
+		info appInfo
+		err  error
+	}
+	before := nodeRejected(t, m)
+	done := make(chan result, 1)
+	go func() {
+		info, err := dialApp("tcp", m.addr).get("/")
+		done <- result{info, err}
+	}()
+	waitFor(t, "a full worker to refuse the new connection", 5*time.Second, func() bool { return nodeRejected(t, m) > before })
+	c1.Close()
+	r := <-done // the client's timeout bounds the wait
+	if r.err != nil || r.info.ID != id1 {
+		t.Fatalf("with both workers full until worker %d had room: served by %d, %v", id1, r.info.ID, r.err)
 	}
 }
 
@@ -205,16 +164,17 @@ func TestNodeUserMessages(t *testing.T) {
 	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
 	a := dialApp("tcp", m.addr)
 	const n = 300
-	total := 0
+	total, sent := 0, map[int]int{}
 	for i := range 4 {
 		info, err := a.get(fmt.Sprintf("/send?n=%d", n)) // answers once every send's callback ran
 		if err != nil {
 			t.Fatalf("round %d: %v", i, err)
 		}
 		total += n
+		sent[info.ID] += n
 		m.waitLines(`"Message from worker"`, total, 10*time.Second)
-		if got := m.count(fmt.Sprintf(`"Message from worker" worker=%d `, info.ID)); got != (i/2+1)*n {
-			t.Fatalf("round %d: %d messages logged for worker %d, want %d", i, got, info.ID, (i/2+1)*n)
+		if got := m.count(fmt.Sprintf(`"Message from worker" worker=%d `, info.ID)); got != sent[info.ID] {
+			t.Fatalf("round %d: %d messages logged for worker %d, want %d", i, got, info.ID, sent[info.ID])
 		}
 	}
 	for _, want := range []string{
@@ -225,12 +185,43 @@ func TestNodeUserMessages(t *testing.T) {
 			t.Errorf("no message logged with %s", want)
 		}
 	}
-	wantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
+	nodeWantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
 	for _, bad := range []string{`"Worker exited"`, "broke the protocol", "event=send-error"} {
 		if n := m.count(bad); n != 0 {
 			t.Fatalf("%d lines with %s", n, bad)
 		}
 	}
+}
+
+// A user message may carry a handle: process.send(msg, socket) sends
+// {"cmd":"NODE_HANDLE","type":"net.Socket","msg":…} with the fd, and msg is
+// any JSON value, a string as well as an object. Node's primary emits it as
+// a 'message' with the socket; the master must at least take the fd, ACK it
+// and keep the worker.
+func TestNodeUserMessagesWithHandles(t *testing.T) {
+	m := startNode(t, nil, "-v=2")
+	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
+	a := dialApp("tcp", m.addr)
+	var errs []error // a worker killed before it answers fails the request
+	for _, msg := range []string{`{"kind":"socket"}`, `"a socket"`, `[1,2]`} {
+		if _, err := a.get("/send-handle?msg=" + url.QueryEscape(msg)); err != nil {
+			errs = append(errs, fmt.Errorf("msg %s: %w", msg, err))
+		}
+	}
+	var outcome string
+	waitFor(t, "the three messages to be logged or a worker to be killed", 5*time.Second, func() bool {
+		switch {
+		case m.count("broke the protocol") > 0:
+			outcome = "killed"
+		case m.count(`"Message from worker"`) >= 3:
+			outcome = "logged"
+		}
+		return outcome != ""
+	})
+	if outcome != "logged" || len(errs) > 0 {
+		t.Fatalf("a worker that sent a user message with a handle was %s (requests: %v)", outcome, errs)
+	}
+	nodeWantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
 }
 
 // Scenario 10: SIGTERM to the master disconnects the Node workers, which
@@ -256,12 +247,31 @@ func TestNodeSIGTERMDrains(t *testing.T) {
 		t.Fatalf("master exit code %d, want 0", code)
 	}
 	for id := 1; id <= 2; id++ {
-		ex := m.waitExitOf(id, time.Second)
+		ex := nodeWaitExit(m, id, time.Second)
 		if ex.status != "exit code 0" || ex.reason != "voluntary" {
 			t.Errorf("worker %d exited with %q, reason %q; want exit code 0, voluntary", id, ex.status, ex.reason)
 		}
 		m.waitLine(fmt.Sprintf("app worker=%d pid=%d event=disconnect", id, ex.pid), time.Second)
 	}
+}
+
+// A Node worker asked to disconnect closes its servers and its channel but
+// does not call process.exit: while a timer (or any handle) keeps its event
+// loop alive it stays. The master kills it at the drain deadline, still as
+// a voluntary exit, and exits 0.
+func TestNodeSIGTERMLingeringWorker(t *testing.T) {
+	m := startNode(t, []string{"APP_LINGER=1"}, "--workers", "1", "--drain-timeout", "500ms")
+	m.waitLine(`"Worker listening"`, 15*time.Second)
+	m.signal(syscall.SIGTERM)
+	m.waitLine("event=disconnect", 5*time.Second)
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("master exit code %d, want 0", code)
+	}
+	ex := nodeWaitExit(m, 1, time.Second)
+	if ex.status != "killed by SIGKILL" || ex.reason != "voluntary" {
+		t.Fatalf("worker exited with %q, reason %q; want killed by SIGKILL, voluntary", ex.status, ex.reason)
+	}
+	m.waitLine(`"Worker still running; sending SIGKILL" worker=1 `, time.Second)
 }
 
 // Scenario 11: when the master is SIGKILLed, no Node worker outlives it by

@@ -7,176 +7,17 @@ package main
 // servers it listens on) and by the request path (see app.js).
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-// startNode runs sidecar with args (flags; "--workers 2" unless given) and
-// testdata/node/app.js as the worker; appEnv (APP_*=…) is added to the
-// master's environment, which its workers inherit.
-func startNode(t *testing.T, appEnv []string, args ...string) *master {
-	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Skip("node is not on PATH")
-	}
-	app, err := filepath.Abs(filepath.Join("testdata", "node", "app.js"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(strings.Join(args, " "), "--workers") {
-		args = append(args, "--workers", "2")
-	}
-	if !strings.Contains(strings.Join(args, " "), "--listen") {
-		args = append(args, "--listen", "127.0.0.1:0")
-	}
-	cmd := exec.Command(os.Args[0], append(args, "--", node, app)...)
-	cmd.Env = append(append(os.Environ(), envRole+"=main"), appEnv...)
-	return startCmd(t, cmd)
-}
-
-// appInfo is app.js's answer: who served the request.
-type appInfo struct {
-	IsWorker  bool              `json:"isWorker"`
-	IsPrimary bool              `json:"isPrimary"`
-	ID        int               `json:"id"`
-	Pid       int               `json:"pid"`
-	Addresses []json.RawMessage `json:"addresses"` // server.address() of each server
-	Slow      bool              `json:"slow"`
-}
-
-// port is the port of the app's i-th server (0 for a unix socket).
-func (a appInfo) port(i int) int {
-	var addr struct{ Port int }
-	if i < len(a.Addresses) {
-		json.Unmarshal(a.Addresses[i], &addr)
-	}
-	return addr.Port
-}
-
-// appClient does Connection: close requests to one address of the app.
-type appClient struct {
-	name string
-	c    *http.Client
-}
-
-func dialApp(network, address string) appClient {
-	var d net.Dialer
-	return appClient{name: network + ":" + address, c: &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return d.DialContext(ctx, network, address)
-			},
-		},
-	}}
-}
-
-func tcpApp(host string, port int) appClient {
-	return dialApp("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-}
-
-// get does one request and decodes the app's answer.
-func (a appClient) get(path string) (appInfo, error) {
-	var info appInfo
-	resp, err := a.c.Get("http://app" + path)
-	if err != nil {
-		return info, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return info, fmt.Errorf("GET %s on %s: reading the body: %w", path, a.name, err)
-	}
-	if resp.StatusCode != 200 {
-		return info, fmt.Errorf("GET %s on %s: %s: %q", path, a.name, resp.Status, b)
-	}
-	if err := json.Unmarshal(b, &info); err != nil {
-		return info, fmt.Errorf("GET %s on %s: %w: %q", path, a.name, err, b)
-	}
-	return info, nil
-}
-
-// spread does n requests, checks every answer comes from a cluster worker
-// whose id and pid are those the master logged, and counts them per id.
-func (a appClient) spread(t *testing.T, m *master, n int) map[int]int {
-	t.Helper()
-	seen := map[int]int{}
-	for range n {
-		info, err := a.get("/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkWorker(t, m, info)
-		seen[info.ID]++
-	}
-	return seen
-}
-
-// checkWorker checks that info comes from a Node cluster worker whose
-// cluster.worker.id is the id the master gave to its pid.
-func checkWorker(t *testing.T, m *master, info appInfo) {
-	t.Helper()
-	if !info.IsWorker || info.IsPrimary {
-		t.Fatalf("cluster.isWorker=%v isPrimary=%v, want a worker", info.IsWorker, info.IsPrimary)
-	}
-	if pid, ok := m.workerPids()[info.ID]; !ok || pid != info.Pid {
-		t.Fatalf("cluster.worker.id %d in pid %d; the master logged worker %d as pid %d (%v)", info.ID, info.Pid, info.ID, pid, ok)
-	}
-}
-
-// until does requests (at most n) until one is served by worker id.
-func (a appClient) until(t *testing.T, id, n int) {
-	t.Helper()
-	var last error
-	for range n {
-		info, err := a.get("/")
-		if err == nil && info.ID == id {
-			return
-		}
-		last = err
-	}
-	t.Fatalf("worker %d served none of %d requests on %s (last error %v)", id, n, a.name, last)
-}
-
-func wantEven(t *testing.T, seen map[int]int, ids []int, each int) {
-	t.Helper()
-	for _, id := range ids {
-		if seen[id] != each {
-			t.Fatalf("want %d requests for each of workers %v, got %v", each, ids, seen)
-		}
-	}
-}
-
-var listeningPortRE = regexp.MustCompile(`"Worker listening" worker=(\d+) slot=\d+ address="[^"]*" port=(-?\d+)`)
-
-// listeningPorts is the port= of each "Worker listening" line (logged at
-// v0 for a worker's first server), by worker id.
-func (m *master) listeningPorts() map[int]int {
-	out := map[int]int{}
-	for _, l := range m.output() {
-		if mm := listeningPortRE.FindStringSubmatch(l); mm != nil {
-			id, _ := strconv.Atoi(mm[1])
-			port, _ := strconv.Atoi(mm[2])
-			out[id] = port
-		}
-	}
-	return out
-}
 
 // Scenario 1: a plain listen(PORT) app is a real cluster worker of the Go
 // master, and sequential requests are spread exactly evenly.
@@ -184,7 +25,7 @@ func TestNodePlainApp(t *testing.T) {
 	m := startNode(t, nil)
 	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
 	a := dialApp("tcp", m.addr)
-	wantEven(t, a.spread(t, m, 20), []int{1, 2}, 10)
+	nodeWantEven(t, a.spread(t, m, 20), []int{1, 2}, 10)
 }
 
 // Scenario 2: listen(0) in every worker gives one port, shared by all; the
@@ -193,7 +34,7 @@ func TestNodePlainApp(t *testing.T) {
 func TestNodeListenZero(t *testing.T) {
 	m := startNode(t, []string{"APP_LISTEN=0"}, "-v=2")
 	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
-	ports := m.listeningPorts()
+	ports := nodeListeningPorts(m)
 	port := ports[1]
 	if port <= 0 || ports[2] != port {
 		t.Fatalf("want one shared port, the master logged %v", ports)
@@ -207,36 +48,104 @@ func TestNodeListenZero(t *testing.T) {
 		}
 	}
 	a := tcpApp("127.0.0.1", port)
-	wantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
+	nodeWantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
 	if info, err := a.get("/"); err != nil || info.port(0) != port {
 		t.Fatalf("server.address() in the worker: %s (%v), want port %d", info.Addresses, err, port)
 	}
 }
 
-// Scenario 3: two TCP servers in one worker (PORT and listen(0)) and a
-// unix socket path server, each shared by both workers.
+// Scenario 2, the admin API: the connections a listen(0) server accepted
+// are counted under a listener label that names its port. (Today the label
+// is the address the worker asked for, ":0", shared by every listen(0)
+// server, so the port appears nowhere on the admin server.)
+func TestNodeListenZeroPortInAdminAPI(t *testing.T) {
+	m := startNode(t, []string{"APP_LISTEN=0"})
+	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
+	port := nodeListeningPorts(m)[1]
+	nodeWantEven(t, tcpApp("127.0.0.1", port).spread(t, m, 10), []int{1, 2}, 5)
+	const name = `sidecar_connections_accepted_total{listener="`
+	suffix := fmt.Sprintf(`:%d"}`, port)
+	n, ok := nodeMetric(t, m, func(s string) bool { return strings.HasPrefix(s, name) && strings.HasSuffix(s, suffix) })
+	if !ok || n != 10 {
+		t.Fatalf("/metrics: %s…%s is %v (present: %v), want 10; the listeners are:\n%s", name, suffix, n, ok,
+			strings.Join(slices.DeleteFunc(nodeMetrics(t, m), func(l string) bool { return !strings.HasPrefix(l, name) }), "\n"))
+	}
+}
+
+// Scenario 3: two TCP servers in one worker (PORT and listen(0), and a
+// second listen(0), which has its own index, so its own port) and a unix
+// socket path server, each shared by both workers.
 func TestNodeTwoServersAndUnixSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "app.sock")
-	m := startNode(t, []string{"APP_LISTEN=port,0,unix:" + sock})
-	m.waitLines("event=listening", 6, 15*time.Second) // 3 servers × 2 workers
+	m := startNode(t, []string{"APP_LISTEN=port,0,0,unix:" + sock})
+	m.waitLines("event=listening", 8, 15*time.Second) // 4 servers × 2 workers
 	first := dialApp("tcp", m.addr)
 	info, err := first.get("/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, p, _ := net.SplitHostPort(m.addr)
-	if strconv.Itoa(info.port(0)) != p || info.port(1) <= 0 || info.port(1) == info.port(0) {
-		t.Fatalf("want servers on %s and on a second port, got %s", p, info.Addresses)
+	if strconv.Itoa(info.port(0)) != p || info.port(1) <= 0 || info.port(2) <= 0 ||
+		info.port(1) == info.port(0) || info.port(2) == info.port(1) {
+		t.Fatalf("want servers on %s and on two more ports, got %s", p, info.Addresses)
 	}
-	if got := string(info.Addresses[2]); got != strconv.Quote(sock) {
+	if got := string(info.Addresses[3]); got != strconv.Quote(sock) {
 		t.Fatalf("unix server address %s, want %q", got, sock)
 	}
-	for _, a := range []appClient{first, tcpApp("127.0.0.1", info.port(1)), dialApp("unix", sock)} {
-		wantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
+	for _, a := range []appClient{first, tcpApp("127.0.0.1", info.port(1)), tcpApp("127.0.0.1", info.port(2)), dialApp("unix", sock)} {
+		nodeWantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
 	}
 }
 
-func haveIPv6(t *testing.T) {
+// listen({path, readableAll, writableAll}) makes the socket file readable
+// and writable by everyone, as Node's own primary does (it chmods the
+// socket; its queryServer carries "readableAll":true,"writableAll":true),
+// so a proxy running as another user can connect.
+func TestNodeUnixSocketReadableWritableAll(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "all.sock")
+	m := startNode(t, []string{"APP_LISTEN=unixall:" + sock})
+	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
+	nodeWantEven(t, dialApp("unix", sock).spread(t, m, 10), []int{1, 2}, 5)
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode := fi.Mode().Perm(); mode&0o666 != 0o666 {
+		t.Fatalf("socket file mode %v, want rw for everyone (Node's primary gives %v)", mode, os.FileMode(0o777))
+	}
+}
+
+// listen(port, host, callback), the usual Express call, is served like
+// listen(port). Node's net.js computes the backlog as toNumber(host) ||
+// toNumber(callback), so its queryServer carries "backlog": false (Node's
+// own primary then uses the default backlog).
+func TestNodeListenWithHostAndCallback(t *testing.T) {
+	m := startNode(t, []string{"APP_LISTEN=host"})
+	m.waitLines("event=listen-callback", 2, 15*time.Second)
+	if n := m.count("broke the protocol"); n != 0 {
+		t.Fatalf("%d workers killed for a protocol error", n)
+	}
+	nodeWantEven(t, dialApp("tcp", m.addr).spread(t, m, 10), []int{1, 2}, 5)
+}
+
+// A port the master cannot bind fails the app's listen() as it would under
+// Node's own primary ("bind EADDRINUSE null:PORT"); its other server works.
+func TestNodeListenError(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := busy.Addr().(*net.TCPAddr).Port
+	m := startNode(t, []string{"APP_LISTEN=port,0", "PORT=" + strconv.Itoa(port)})
+	m.waitLines(fmt.Sprintf("event=error spec=port err=bind EADDRINUSE null:%d", port), 2, 15*time.Second)
+	m.waitLines(`errno=-98`, 2, time.Second)
+	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
+	a := tcpApp("127.0.0.1", nodeListeningPorts(m)[1])
+	nodeWantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
+}
+
+func nodeNeedIPv6(t *testing.T) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
@@ -248,24 +157,24 @@ func haveIPv6(t *testing.T) {
 // Scenario 4: listen(port, '::1'), on the master's [::1] listener and on
 // a port the master binds for it.
 func TestNodeIPv6(t *testing.T) {
-	haveIPv6(t)
+	nodeNeedIPv6(t)
 	t.Run("prebound", func(t *testing.T) {
 		m := startNode(t, []string{"APP_LISTEN=v6"}, "--listen", "[::1]:0")
 		m.waitLines(`"Worker listening"`, 2, 15*time.Second)
 		a := dialApp("tcp", m.addr)
-		wantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
-		checkIPv6(t, a)
+		nodeWantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
+		nodeCheckIPv6(t, a)
 	})
 	t.Run("listen0", func(t *testing.T) {
 		m := startNode(t, []string{"APP_LISTEN=v6:0"})
 		m.waitLines(`"Worker listening"`, 2, 15*time.Second)
-		a := tcpApp("::1", m.listeningPorts()[1])
-		wantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
-		checkIPv6(t, a)
+		a := tcpApp("::1", nodeListeningPorts(m)[1])
+		nodeWantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
+		nodeCheckIPv6(t, a)
 	})
 }
 
-func checkIPv6(t *testing.T, a appClient) {
+func nodeCheckIPv6(t *testing.T, a appClient) {
 	t.Helper()
 	info, err := a.get("/")
 	if err != nil {
@@ -282,7 +191,8 @@ func checkIPv6(t *testing.T, a appClient) {
 
 // Scenario 9: with shared scheduling (the flag, or Node's own
 // NODE_CLUSTER_SCHED_POLICY=none) Node workers accept on the listening
-// socket themselves; under concurrent load both take connections.
+// sockets (TCP and unix) themselves; under concurrent load both take
+// connections, and so does the replacement of a crashed worker.
 func TestNodeSharedSocket(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -293,52 +203,33 @@ func TestNodeSharedSocket(t *testing.T) {
 		{"node env", []string{"NODE_CLUSTER_SCHED_POLICY=none"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := startNode(t, tc.env, tc.args...)
+			sock := filepath.Join(t.TempDir(), "shared.sock")
+			m := startNode(t, append(tc.env, "APP_LISTEN=port,unix:"+sock), tc.args...)
 			m.waitLine(`schedule="shared"`, time.Second)
-			m.waitLines(`"Worker listening"`, 2, 15*time.Second)
-			seen, err := load(dialApp("tcp", m.addr), 4, 75, 20*time.Second)
+			m.waitLines("event=listening", 4, 15*time.Second)
+			for _, a := range []appClient{dialApp("tcp", m.addr), dialApp("unix", sock)} {
+				seen, err := nodeLoad(a, 4, 75, 20*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if seen[1] == 0 || seen[2] == 0 || seen[1]+seen[2] != 300 {
+					t.Fatalf("want 300 requests on %s served by both workers, got %v", a.name, seen)
+				}
+				t.Logf("shared %s, 4 clients: %v", a.name, seen)
+			}
+			a := dialApp("tcp", m.addr)
+			if _, err := a.get("/exit"); err != nil {
+				t.Fatal(err)
+			}
+			m.waitLine(`"Worker exited"`, 5*time.Second)
+			m.waitLines("event=listening", 6, 10*time.Second) // worker 3's two servers
+			seen, err := nodeLoad(a, 4, 25, 20*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if seen[1] == 0 || seen[2] == 0 || seen[1]+seen[2] != 300 {
-				t.Fatalf("want 300 requests served by both workers, got %v", seen)
+			if seen[3] == 0 {
+				t.Fatalf("the replacement (worker 3) served none of 100 requests: %v", seen)
 			}
-			t.Logf("shared socket, 4 clients: %v", seen)
 		})
 	}
-}
-
-// load runs clients goroutines doing n requests each (within timeout) and
-// counts the answers per worker; it returns the first error.
-func load(a appClient, clients, n int, timeout time.Duration) (map[int]int, error) {
-	var mu sync.Mutex
-	seen := map[int]int{}
-	errs := make(chan error, clients)
-	end := time.Now().Add(timeout)
-	for range clients {
-		go func() {
-			for i := 0; i < n; i++ {
-				if time.Now().After(end) {
-					errs <- fmt.Errorf("load: %d requests not done within %v", n-i, timeout)
-					return
-				}
-				info, err := a.get("/")
-				if err != nil {
-					errs <- err
-					return
-				}
-				mu.Lock()
-				seen[info.ID]++
-				mu.Unlock()
-			}
-			errs <- nil
-		}()
-	}
-	var first error
-	for range clients {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-		}
-	}
-	return seen, first
 }

@@ -173,6 +173,11 @@ func (a *Acceptor) Query(t Target, q *ipc.Message) Reply {
 		if err == nil {
 			l, err = a.bind(s, v6only, "", false) // named by its real address
 		}
+		if err == nil && s.Network == "unix" {
+			if err = chmodSocket(s.Address, q.ReadableAll, q.WritableAll); err != nil {
+				l.close()
+			}
+		}
 		if err != nil {
 			return Reply{Errno: negErrno(err), Err: err, Key: key, FD: -1}
 		}
@@ -226,7 +231,10 @@ func specFor(q *ipc.Message) (Spec, bool, error) {
 	}
 	switch {
 	case q.ListenFD >= 0:
-		return Spec{Network: "fd", FD: int(q.ListenFD)}, false, nil
+		// Only an fd the master was started with (--listen fd:N, matched
+		// before this) is a listener; any other number is the master's own
+		// descriptor, which a worker must not make it adopt or close.
+		return Spec{}, false, fmt.Errorf("queryServer for fd %d, which is not a --listen fd:N listener: %w", q.ListenFD, unix.EBADF)
 	case q.AddressType == "-1":
 		if host == "" {
 			return Spec{}, false, fmt.Errorf("queryServer for a unix socket without a path: %w", unix.EINVAL)

@@ -76,6 +76,29 @@ func bindFD(fd int) (net.Listener, error) {
 	return ln, nil
 }
 
+// chmodSocket adds read and/or write permission for everyone to a unix
+// socket file, as Node does for listen({path, readableAll, writableAll}).
+func chmodSocket(path string, readable, writable bool) error {
+	var add os.FileMode
+	if readable {
+		add |= 0o444
+	}
+	if writable {
+		add |= 0o222
+	}
+	if add == 0 {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err == nil {
+		err = os.Chmod(path, fi.Mode().Perm()|add)
+	}
+	if err != nil {
+		return fmt.Errorf("unix:%s: set readableAll/writableAll: %w", path, err)
+	}
+	return nil
+}
+
 // negErrno is the errno Node expects in a failed queryServer reply.
 func negErrno(err error) int64 {
 	var e syscall.Errno

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -272,13 +274,31 @@ func TestHandleWithoutFD(t *testing.T) {
 	}
 }
 
+// TestHandleWithNonObjectMsg: process.send("a socket", sock) wraps a string
+// (any JSON value) with a handle; it is a user message carrying an fd.
+func TestHandleWithNonObjectMsg(t *testing.T) {
+	ch, p := rawPair(t)
+	s := serve(t, ch)
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p.write(t, `{"cmd":"NODE_HANDLE","type":"net.Socket","msg":"a socket"}`+"\n", int(f.Fd()))
+	p.expectLine(t, `{"cmd":"NODE_HANDLE_ACK"}`, false)
+	m := s.next(t)
+	if !m.IsUser() || !m.IsHandle() || string(m.Raw) != `"a socket"` || m.FD < 0 {
+		t.Fatalf("got %+v, want the user message \"a socket\" with an fd", m)
+	}
+	syscall.Close(m.FD)
+}
+
 func TestProtocolErrors(t *testing.T) {
 	for _, line := range []string{
 		`garbage`,
 		`{"cmd":"NODE_CLUSTER"`,
 		`{"cmd":"NODE_CLUSTER","seq":"x"}`,
 		`{"cmd":"NODE_CLUSTER","act":5}`,
-		`{"cmd":"NODE_HANDLE","type":"net.Native","msg":5}`,
 		`{"cmd":"NODE_HANDLE","msg":{"cmd":"NODE_HANDLE","msg":{"cmd":"NODE_CLUSTER"}}}`,
 		`{"cmd":"NODE_HANDLE","msg":{"cmd":"NODE_HANDLE_ACK"}}`,
 	} {

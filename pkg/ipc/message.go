@@ -76,6 +76,9 @@ type Message struct {
 	Backlog  int64
 	Data     json.RawMessage
 	Sockname *Sockname
+	// ReadableAll and WritableAll are listen() options for unix sockets:
+	// make the socket file readable / writable by everyone.
+	ReadableAll, WritableAll bool
 	// HandleType is the "type" of a NODE_HANDLE envelope (e.g. "net.Native").
 	HandleType string
 
@@ -113,6 +116,8 @@ type wireMessage struct {
 	Backlog     *flexInt        `json:"backlog"`
 	Data        json.RawMessage `json:"data"`
 	Sockname    *Sockname       `json:"sockname"`
+	ReadableAll bool            `json:"readableAll"`
+	WritableAll bool            `json:"writableAll"`
 	Type        string          `json:"type"`
 	Msg         json.RawMessage `json:"msg"`
 }
@@ -200,9 +205,10 @@ func decodeLine(line []byte, inHandle bool) (*Message, error) {
 		if inHandle {
 			return nil, fmt.Errorf("%w: nested NODE_HANDLE", ErrProtocol)
 		}
-		if len(w.Msg) == 0 || w.Msg[0] != '{' {
-			return nil, fmt.Errorf("%w: NODE_HANDLE without an object msg", ErrProtocol)
+		if len(w.Msg) == 0 {
+			return nil, fmt.Errorf("%w: NODE_HANDLE without a msg", ErrProtocol)
 		}
+		// process.send(value, handle) wraps any JSON value, not only objects.
 		inner, err := decodeLine(w.Msg, true)
 		if err != nil {
 			return nil, err
@@ -249,6 +255,7 @@ func (m *Message) fill(w *wireMessage) {
 		m.Backlog = int64(*w.Backlog)
 	}
 	m.Data, m.Sockname = w.Data, w.Sockname
+	m.ReadableAll, m.WritableAll = w.ReadableAll, w.WritableAll
 }
 
 // isInternal is Node's rule: an object whose "cmd" is a string longer than

@@ -1,17 +1,23 @@
 // app.js: an ordinary Node.js HTTP app for the conformance tests
-// (node_test.go). It knows nothing of sidecar; it reads `cluster` only to
+// (node_*test.go). It knows nothing of sidecar; it reads `cluster` only to
 // report who it is. Its servers come from APP_LISTEN, a comma-separated list:
 //   port       listen(process.env.PORT)
+//   host       listen(process.env.PORT, '127.0.0.1', callback): the usual
+//              Express call; Node then sends "backlog": false
 //   0          listen(0)
 //   v6         listen(process.env.PORT, '::1')
 //   v6:0       listen(0, '::1')
 //   unix:PATH  listen(PATH)
-// APP_MAXCONN_WORKER=N sets maxConnections = 1 on worker N's servers.
+//   unixall:PATH  listen({ path: PATH, readableAll: true, writableAll: true })
+// APP_MAXCONN_WORKER=N[,M…] sets maxConnections = 1 on those workers' servers.
+// APP_LINGER=1 keeps a timer running, so the event loop never empties on
+// its own (a database pool or a metrics timer in a real app).
 // What it does per request is chosen by the path (see handle below). It
 // reports its events on stderr as "app worker=N event=…" lines.
 'use strict';
 const cluster = require('cluster');
 const http = require('http');
+const net = require('net');
 
 const id = cluster.isWorker ? cluster.worker.id : 0;
 const log = (msg) => console.error(`app worker=${id} pid=${process.pid} ${msg}`);
@@ -86,6 +92,15 @@ function handle(req, res) {
       return after(res, () => cluster.worker.destroy());
     case '/send':
       return sendMany(Number(url.searchParams.get('n') || 1), () => after(res));
+    case '/send-handle': { // process.send(msg, socket), msg the JSON in ?msg=
+      const c = net.connect(req.socket.localPort, '127.0.0.1', () => {
+        process.send(JSON.parse(url.searchParams.get('msg') || '"a socket"'), c, (err) => {
+          if (err) log(`event=send-error err=${err.message}`);
+          after(res);
+        });
+      });
+      return;
+    }
     default:
       return after(res);
   }
@@ -93,16 +108,19 @@ function handle(req, res) {
 
 for (const spec of (process.env.APP_LISTEN || 'port').split(',')) {
   const server = http.createServer(handle);
-  if (String(id) === process.env.APP_MAXCONN_WORKER) server.maxConnections = 1;
+  if ((process.env.APP_MAXCONN_WORKER || '').split(',').includes(String(id))) server.maxConnections = 1;
   server.on('listening', () => log(`event=listening address=${JSON.stringify(server.address())}`));
   server.on('error', (err) => log(`event=error spec=${spec} err=${err.message}`));
   servers.push(server);
   if (spec === 'port') server.listen(process.env.PORT);
+  else if (spec === 'host') server.listen(process.env.PORT, '127.0.0.1', () => log('event=listen-callback'));
   else if (spec === '0') server.listen(0);
   else if (spec === 'v6') server.listen(process.env.PORT, '::1');
   else if (spec === 'v6:0') server.listen(0, '::1');
   else if (spec.startsWith('unix:')) server.listen(spec.slice(5));
+  else if (spec.startsWith('unixall:')) server.listen({ path: spec.slice(8), readableAll: true, writableAll: true });
   else throw new Error(`APP_LISTEN: unknown server ${spec}`);
 }
+if (process.env.APP_LINGER) setInterval(() => {}, 1 << 30);
 if (cluster.isWorker) cluster.worker.on('disconnect', () => log('event=disconnect'));
 process.on('exit', (code) => log(`event=exit code=${code}`));
