@@ -322,6 +322,7 @@ func TestMetricsLint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	io.Copy(io.Discard, resp.Body) // read to the end: the connection stays open
 	resp.Body.Close()
 	problems, err := testutil.GatherAndLint(p.reg)
 	if err != nil || len(problems) > 0 {
