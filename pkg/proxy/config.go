@@ -101,13 +101,13 @@ func ParseUpstream(s string) (Upstream, error) {
 	}
 	u, err := url.Parse(s)
 	if err != nil || !strings.Contains(s, "://") {
-		return bad("want http://host:port, unix:/path or tcp://host:port")
+		return bad("want http://host:port or unix:/path")
 	}
 	switch {
 	case u.Scheme == "https":
 		return bad("https upstreams are not supported yet")
 	case u.Scheme != "http":
-		return bad("want http://host:port, unix:/path or tcp://host:port")
+		return bad("want http://host:port or unix:/path")
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
 		return bad("no user, query or fragment allowed")
 	case u.Hostname() == "":

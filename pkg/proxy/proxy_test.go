@@ -26,7 +26,7 @@ func TestParseUpstream(t *testing.T) {
 		{in: "unix:/run/app.sock", network: "unix", address: "/run/app.sock"},
 		{in: "tcp://127.0.0.1:5432", err: "not supported yet"},
 		{in: "https://x:1", err: "https upstreams are not supported yet"},
-		{in: "ftp://x:1", err: "want http://host:port"},
+		{in: "ftp://x:1", err: "want http://host:port or unix:/path"},
 		{in: "unix:", err: "no socket path"},
 		{in: "http://:3000", err: "no host"},
 		{in: "http://u:p@x:1", err: "no user"},
