@@ -2,14 +2,17 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -333,5 +336,57 @@ func TestMetricsLint(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(p.metrics.active); n != 1 {
 		t.Errorf("active connections = %v, want 1 (the client's keep-alive one)", n)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	dial := func(err error) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", err)}
+	}
+	for _, tc := range []struct {
+		err  error
+		kind string
+		code int
+	}{
+		{dial(syscall.ECONNREFUSED), errRefused, 502},
+		{dial(syscall.EHOSTUNREACH), errUnreachable, 502},
+		{&net.DNSError{Err: "no such host", Name: "app", IsNotFound: true}, errOther, 502},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "app"}}, errUnreachable, 502},
+		{dial(os.ErrDeadlineExceeded), errTimeout, 504},
+		{context.DeadlineExceeded, errTimeout, 504},
+		{io.ErrUnexpectedEOF, errOther, 502},
+	} {
+		if kind, code, _ := classify(tc.err); kind != tc.kind || code != tc.code {
+			t.Errorf("%v: %s %d, want %s %d", tc.err, kind, code, tc.kind, tc.code)
+		}
+	}
+}
+
+// TestExpectContinue: the client gets one 100 Continue (the upstream's),
+// then the final response.
+func TestExpectContinue(t *testing.T) {
+	up := startUpstream(t, http.HandlerFunc(echoRequest))
+	p := startProxy(t, Config{Upstream: up.URL})
+	c, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusContinue {
+		t.Fatalf("first response %v, %v; want 100 Continue", resp, err)
+	}
+	io.WriteString(c, "hello")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got seen
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != http.StatusCreated || got.Body != "hello" {
+		t.Fatalf("final response %d, upstream got %q, %v", resp.StatusCode, got.Body, err)
 	}
 }
