@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sidecar-project/sidecar/pkg/acceptor"
+	"github.com/sidecar-project/sidecar/pkg/proxy"
 )
 
 // config is everything the command line and SIDECAR_* variables say.
@@ -29,6 +30,7 @@ type config struct {
 	minReady     int
 	shutdown     time.Duration // --shutdown-delay
 	command      []string      // empty: the built-in hello worker
+	proxy        *proxy.Config // --upstream: built-in proxy workers; nil: none
 }
 
 // listFlag is a repeatable flag whose default is replaced by the first Set.
@@ -77,6 +79,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	enablePprof := fs.Bool("enable-pprof", false, "serve /debug/pprof/ on the admin server")
 	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of --workers")
 	shutdownDelay := fs.Duration("shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing (so endpoints drop the pod) before draining")
+	proxyFlags := addProxyFlags(fs)
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
 	fs.Var(klogFlags.Lookup("v").Value, "v", "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
@@ -96,6 +99,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		drainTimeout: *drainTimeout, killTimeout: *killTimeout, queueSize: *queueSize,
 		adminAddr: *adminAddr, enablePprof: *enablePprof, minReady: *minReady, shutdown: *shutdownDelay,
 		command: fs.Args(),
+	}
+	if err := proxyFlags.apply(c); err != nil {
+		return nil, err
 	}
 	if c.schedule == "" {
 		c.schedule = scheduleFromNode(getenv("NODE_CLUSTER_SCHED_POLICY"))
@@ -189,7 +195,8 @@ sidecar is a Node.js-cluster-compatible master: it binds the listen
 addresses, runs N worker processes and hands every accepted connection to
 a worker round-robin. Workers that crash are respawned; SIGTERM drains.
 The worker is the command after "--" (an unmodified Node.js server, or a
-Go program using the worker SDK), or the built-in hello server.
+Go program using the worker SDK), or the built-in hello server, or with
+--upstream the built-in reverse proxy to an app.
 
 Flags (each can also be set by the environment variable shown):
 `)
@@ -210,6 +217,7 @@ Examples:
   sidecar                                # built-in hello workers on :8080
   sidecar --workers 4 -- node server.js  # cluster an unmodified Node.js app
   sidecar --listen 127.0.0.1:0 --schedule shared -- ./my-go-worker
+  sidecar --upstream http://127.0.0.1:3000  # proxy workers in front of an app
 
 Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits 1 at once).
 `)

@@ -64,7 +64,7 @@ func runMaster(args []string) int {
 	if m.admin != nil {
 		klog.InfoS("Admin server listening", "address", m.admin.ln.Addr().String())
 	}
-	klog.InfoS("Starting", "version", version, "workers", cfg.workers, "schedule", cfg.schedule, "command", commandText(cfg.command), "pid", os.Getpid())
+	klog.InfoS("Starting", "version", version, "workers", cfg.workers, "schedule", cfg.schedule, "command", workerText(cfg), "pid", os.Getpid())
 	if err := m.run(); err != nil {
 		klog.ErrorS(err, "Exiting")
 		return 1
@@ -220,7 +220,8 @@ func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {
 		}
 		list, _ := json.Marshal(addrs)
 		command = []string{self}
-		env = append(env, envBuiltin+"=hello", envBuiltinListen+"="+string(list))
+		env = append(env, envBuiltin+"="+builtinKind(cfg), envBuiltinListen+"="+string(list))
+		env = append(env, builtinProxyEnv(cfg)...)
 	}
 	return workers.Config{
 		Workers: cfg.workers, Command: command, Env: env,
@@ -249,6 +250,8 @@ func runBuiltin(kind string) int {
 	switch kind {
 	case "hello":
 		err = hello.Run(addrs)
+	case "proxy":
+		err = runProxy(addrs)
 	default:
 		err = fmt.Errorf("unknown built-in worker %q", kind)
 	}

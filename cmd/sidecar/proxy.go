@@ -1,0 +1,95 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/sidecar-project/sidecar/pkg/proxy"
+)
+
+// envBuiltinProxy carries the proxy.Config (JSON) to built-in proxy workers.
+const envBuiltinProxy = "SIDECAR_BUILTIN_PROXY"
+
+// proxyFlags are the flags of the built-in reverse-proxy workers.
+type proxyFlags struct {
+	upstream         *string
+	clientHeader     *time.Duration
+	clientIdle       *time.Duration
+	upstreamDial     *time.Duration
+	upstreamResponse *time.Duration
+}
+
+func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
+	return &proxyFlags{
+		upstream:         fs.String("upstream", "", "`URL` of the app the built-in reverse-proxy workers forward to: http://host:port or unix:/path"),
+		clientHeader:     fs.Duration("client-header-timeout", proxy.DefaultClientHeaderTimeout, "with --upstream: a client's request headers must arrive within this (slowloris defence)"),
+		clientIdle:       fs.Duration("client-idle-timeout", proxy.DefaultClientIdleTimeout, "with --upstream: a client keep-alive connection idle this long is closed"),
+		upstreamDial:     fs.Duration("upstream-dial-timeout", proxy.DefaultUpstreamDialTimeout, "with --upstream: connecting to the upstream longer than this is a 504"),
+		upstreamResponse: fs.Duration("upstream-response-timeout", proxy.DefaultUpstreamResponseTimeout, "with --upstream: waiting longer than this for the upstream's response headers is a 504"),
+	}
+}
+
+// apply validates the proxy flags and sets c.proxy (nil without --upstream).
+func (f *proxyFlags) apply(c *config) error {
+	if *f.upstream == "" {
+		return nil
+	}
+	if len(c.command) > 0 {
+		return usageError{"--upstream and a worker command cannot be combined: with --upstream the workers are the built-in proxy"}
+	}
+	if _, err := proxy.ParseUpstream(*f.upstream); err != nil {
+		return usageError{"--" + err.Error()}
+	}
+	for name, d := range map[string]time.Duration{
+		"client-header-timeout": *f.clientHeader, "client-idle-timeout": *f.clientIdle,
+		"upstream-dial-timeout": *f.upstreamDial, "upstream-response-timeout": *f.upstreamResponse,
+	} {
+		if d <= 0 {
+			return usageError{fmt.Sprintf("--%s must be positive, got %v", name, d)}
+		}
+	}
+	c.proxy = &proxy.Config{
+		Upstream:            *f.upstream,
+		ClientHeaderTimeout: *f.clientHeader, ClientIdleTimeout: *f.clientIdle,
+		UpstreamDialTimeout: *f.upstreamDial, UpstreamResponseTimeout: *f.upstreamResponse,
+	}
+	return nil
+}
+
+// builtinKind is the built-in worker the master runs without a command.
+func builtinKind(cfg *config) string {
+	if cfg.proxy != nil {
+		return "proxy"
+	}
+	return "hello"
+}
+
+// builtinProxyEnv is what a built-in proxy worker needs in its environment.
+func builtinProxyEnv(cfg *config) []string {
+	if cfg.proxy == nil {
+		return nil
+	}
+	b, _ := json.Marshal(cfg.proxy)
+	return []string{envBuiltinProxy + "=" + string(b)}
+}
+
+// workerText names the workers for the log.
+func workerText(cfg *config) string {
+	if cfg.proxy != nil {
+		return "(built-in proxy to " + cfg.proxy.Upstream + ")"
+	}
+	return commandText(cfg.command)
+}
+
+// runProxy is a built-in proxy worker.
+func runProxy(addrs []string) error {
+	var cfg proxy.Config
+	if err := json.Unmarshal([]byte(os.Getenv(envBuiltinProxy)), &cfg); err != nil {
+		return fmt.Errorf("bad %s: %w", envBuiltinProxy, err)
+	}
+	os.Unsetenv(envBuiltinProxy)
+	return proxy.Run(cfg, addrs)
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestProxyWorkers: with --upstream, the two built-in workers proxy to an
+// upstream this test runs, and their metrics reach the master's /metrics
+// labelled by slot.
+func TestProxyWorkers(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Sidecar-Worker", "upstream") // get() reports this header
+		io.WriteString(w, "upstream "+r.URL.Path+" for "+r.Header.Get("X-Forwarded-For"))
+	}))
+	defer up.Close()
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--upstream", up.URL)
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, time.Second))[1]
+	const n = 10
+	for range n { // one connection each: round-robin reaches both workers
+		_, body, err := get("http://" + m.addr + "/hi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body != "upstream /hi for 127.0.0.1" {
+			t.Fatalf("proxied body %q", body)
+		}
+	}
+	requests := regexp.MustCompile(`(?m)^sidecar_proxy_requests_total\{code="200",slot="(\d)"\} (\d+)$`)
+	var found [][]string
+	var text string
+	waitFor(t, "the proxy workers' metrics in the master's scrape", 5*time.Second, func() bool {
+		resp, err := http.Get("http://" + admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		text = string(body)
+		found = requests.FindAllStringSubmatch(text, -1)
+		sum := 0
+		for _, f := range found {
+			v, _ := strconv.Atoi(f[2])
+			sum += v
+		}
+		return len(found) == 2 && sum == n
+	})
+	if found[0][1] == found[1][1] {
+		t.Fatalf("both series have slot %s", found[0][1])
+	}
+	for _, want := range []string{
+		`sidecar_proxy_request_duration_seconds_count{slot="0"}`,
+		`sidecar_proxy_upstream_errors_total{kind="refused",slot="1"} 0`,
+		`sidecar_proxy_active_connections{slot="0"}`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// TestProxyDrainFinishesRequestsInFlight: SIGTERM while a proxied response
+// is in flight; the response completes and the master exits 0.
+func TestProxyDrainFinishesRequestsInFlight(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "begun ")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+			io.WriteString(w, "and finished")
+		case <-r.Context().Done():
+		}
+	}))
+	defer up.Close()
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--upstream", up.URL)
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	resp, err := client.Get("http://" + m.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, len("begun "))
+	if _, err := io.ReadFull(resp.Body, first); err != nil {
+		t.Fatal(err)
+	}
+	m.signal(syscall.SIGTERM)
+	m.waitLines(`"Disconnecting worker"`, 2, 5*time.Second)
+	close(release)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || string(rest) != "and finished" {
+		t.Fatalf("the rest of the response: %q, %v", rest, err)
+	}
+	if code := m.waitExit(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+func TestProxyBadUpstream(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--upstream", "tcp://127.0.0.1:5432"}, "tcp:// upstreams (L4 pass-through) are not supported yet"},
+		{[]string{"--upstream", "127.0.0.1:3000"}, `--upstream "127.0.0.1:3000": want http://host:port or unix:/path`},
+		{[]string{"--upstream", "https://app:443"}, "https upstreams are not supported yet"},
+		{[]string{"--upstream", "http://app:3000", "--", "node"}, "--upstream and a worker command cannot be combined"},
+		{[]string{"--upstream", "http://app:3000", "--upstream-dial-timeout", "0s"}, "--upstream-dial-timeout must be positive"},
+	} {
+		t.Run(tc.args[1], func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], append([]string{"--listen", "127.0.0.1:0", "--admin-addr", ""}, tc.args...)...)
+			cmd.Env = append(os.Environ(), envRole+"=main")
+			out, err := cmd.CombinedOutput()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+				t.Fatalf("want exit code 2, got %v; output:\n%s", err, out)
+			}
+			text := strings.TrimSpace(string(out))
+			if !strings.Contains(text, tc.want) || strings.Contains(text, "\n") {
+				t.Errorf("want one line saying %q, got:\n%s", tc.want, text)
+			}
+		})
+	}
+}
+
+func TestHelpListsProxyFlags(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "--help")
+	cmd.Env = append(os.Environ(), envRole+"=main")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"--upstream URL", "$SIDECAR_UPSTREAM]", "$SIDECAR_CLIENT_HEADER_TIMEOUT", "$SIDECAR_CLIENT_IDLE_TIMEOUT",
+		"$SIDECAR_UPSTREAM_DIAL_TIMEOUT", "$SIDECAR_UPSTREAM_RESPONSE_TIMEOUT", "sidecar --upstream http://127.0.0.1:3000",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+}

@@ -1,0 +1,87 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// proxyUnderTest is a Proxy served on 127.0.0.1 with its own registry.
+type proxyUnderTest struct {
+	*Proxy
+	url string // http://127.0.0.1:port
+	reg *prometheus.Registry
+}
+
+// startProxy serves a Proxy for cfg on 127.0.0.1:0 until the test ends.
+func startProxy(t *testing.T, cfg Config) *proxyUnderTest {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	p, err := New(cfg, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := p.Server()
+	srv.ErrorLog = nil
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+		p.CloseIdleConnections()
+	})
+	return &proxyUnderTest{Proxy: p, url: "http://" + ln.Addr().String(), reg: reg}
+}
+
+// upstream is an HTTP server on 127.0.0.1 that counts the connections made
+// to it.
+type upstream struct {
+	*httptest.Server
+	conns atomic.Int64
+}
+
+func startUpstream(t *testing.T, h http.Handler) *upstream {
+	t.Helper()
+	u := &upstream{}
+	u.Server = httptest.NewUnstartedServer(h)
+	u.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			u.conns.Add(1)
+		}
+	}
+	u.Start()
+	t.Cleanup(u.Close)
+	return u
+}
+
+// closedPort is a 127.0.0.1 address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// newClient is a keep-alive client with a deadline on every request.
+func newClient(conns int) *http.Client {
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: conns, DisableCompression: true},
+	}
+}

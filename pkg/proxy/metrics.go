@@ -1,0 +1,54 @@
+package proxy
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Kinds of upstream errors (the kind label).
+const (
+	errRefused     = "refused"     // connection refused
+	errUnreachable = "unreachable" // any other dial failure
+	errTimeout     = "timeout"     // dial or response-header timeout
+	errOther       = "other"       // the connection failed after it was made
+)
+
+// metrics are the worker's own; the master labels them by slot.
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration prometheus.Histogram
+	upstream *prometheus.CounterVec
+	active   prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecar_proxy_requests_total", Help: "Requests answered by the proxy worker, by status code (499: the client went away first).",
+		}, []string{"code"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sidecar_proxy_request_duration_seconds", Help: "Time from a request's headers to the end of its response (or tunnel).",
+			Buckets: prometheus.DefBuckets,
+		}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecar_proxy_upstream_errors_total", Help: "Requests that failed upstream, by kind (refused, unreachable, timeout, other).",
+		}, []string{"kind"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sidecar_proxy_active_connections", Help: "Client connections open, upgraded ones included.",
+		}),
+	}
+	for _, k := range []string{errRefused, errUnreachable, errTimeout, errOther} {
+		m.upstream.WithLabelValues(k)
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.duration, m.upstream, m.active)
+	}
+	return m
+}
+
+// request counts one answered request.
+func (m *metrics) request(code int, seconds float64) {
+	m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+	m.duration.Observe(seconds)
+}
