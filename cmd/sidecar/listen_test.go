@@ -14,9 +14,17 @@ import (
 )
 
 // serveCheck does n requests through dial and checks each was answered by a
-// hello worker; it returns the worker ids seen.
-func serveCheck(t *testing.T, n int, dial func() (net.Conn, error)) map[string]int {
+// hello worker; it returns the worker ids seen. With round-robin scheduling
+// (settle), it waits after each request until the master has read the
+// worker's accepted:true: the answer can overtake it, and a worker whose
+// answer is unread is still busy and skipped, so on a loaded machine one
+// worker could otherwise serve two in a row.
+func serveCheck(t *testing.T, m *master, n int, settle bool, dial func() (net.Conn, error)) map[string]int {
 	t.Helper()
+	settled := 0.0
+	if settle {
+		settled = nodeDispatched(t, m)
+	}
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext:       func(context.Context, string, string) (net.Conn, error) { return dial() },
@@ -34,6 +42,12 @@ func serveCheck(t *testing.T, n int, dial func() (net.Conn, error)) map[string]i
 			t.Fatalf("unexpected answer %q", b)
 		}
 		seen[id]++
+		if settle {
+			settled++
+			waitFor(t, "the master to read the worker's accepted:true", 5*time.Second, func() bool {
+				return nodeDispatched(t, m) >= settled
+			})
+		}
 	}
 	return seen
 }
@@ -53,8 +67,9 @@ func TestListenKinds(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := startMaster(t, nil, append(tc.args, "--workers", "2")...)
 			m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-			seen := serveCheck(t, 10, func() (net.Conn, error) { return tc.dial(m) })
-			if !strings.Contains(tc.name, "shared") && (seen["1"] != 5 || seen["2"] != 5) {
+			shared := strings.Contains(tc.name, "shared")
+			seen := serveCheck(t, m, 10, !shared, func() (net.Conn, error) { return tc.dial(m) })
+			if !shared && (seen["1"] != 5 || seen["2"] != 5) {
 				t.Fatalf("want 5 requests per worker, got %v", seen)
 			}
 		})
@@ -66,7 +81,7 @@ func TestSchedPolicyFromNodeEnv(t *testing.T) {
 	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "1")
 	m.waitLine(`schedule="shared"`, 5*time.Second)
 	m.waitLine(`"Worker listening"`, 10*time.Second)
-	serveCheck(t, 3, func() (net.Conn, error) { return net.Dial("tcp", m.addr) })
+	serveCheck(t, m, 3, false, func() (net.Conn, error) { return net.Dial("tcp", m.addr) })
 }
 
 // TestInheritedListener passes a listening socket as fd 3 (as systemd or a
@@ -88,7 +103,7 @@ func TestInheritedListener(t *testing.T) {
 	cmd.ExtraFiles = []*os.File{f}
 	m := startCmd(t, cmd)
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-	seen := serveCheck(t, 10, func() (net.Conn, error) { return net.Dial("tcp", addr) })
+	seen := serveCheck(t, m, 10, true, func() (net.Conn, error) { return net.Dial("tcp", addr) })
 	if seen["1"] != 5 || seen["2"] != 5 {
 		t.Fatalf("want 5 requests per worker, got %v", seen)
 	}
@@ -104,7 +119,7 @@ func TestStaleUnixSocketIsReplaced(t *testing.T) {
 	ln.Close() // the file stays, nothing listens: stale
 	m := startMaster(t, nil, "--listen", "unix:"+sock, "--workers", "1")
 	m.waitLine(`"Worker listening"`, 10*time.Second)
-	serveCheck(t, 2, func() (net.Conn, error) { return net.Dial("unix", sock) })
+	serveCheck(t, m, 2, false, func() (net.Conn, error) { return net.Dial("unix", sock) })
 
 	// A second master must refuse the socket the first one serves.
 	cmd := exec.Command(os.Args[0], "--listen", "unix:"+sock)

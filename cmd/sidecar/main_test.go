@@ -90,17 +90,7 @@ func TestHelpListsFlagsAndEnv(t *testing.T) {
 func TestHelloWorkersServeRoundRobin(t *testing.T) {
 	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-	seen := map[string]int{}
-	for range 20 {
-		id, body, err := get("http://" + m.addr + "/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.HasPrefix(body, "hello from worker "+id+" (pid ") {
-			t.Fatalf("body %q does not name worker %q", body, id)
-		}
-		seen[id]++
-	}
+	seen := serveCheck(t, m, 20, true, func() (net.Conn, error) { return net.Dial("tcp", m.addr) })
 	if seen["1"] != 10 || seen["2"] != 10 {
 		t.Fatalf("want 10 requests per worker, got %v", seen)
 	}
