@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +20,14 @@ const wakeToken = 0
 
 // maxEvents is how many ready descriptors one epoll_wait returns at most.
 const maxEvents = 128
+
+// yieldEvery is how often the loop passes through the scheduler. A
+// goroutine that only goes in and out of system calls never does: after
+// 10 ms the runtime's sysmon takes its P away to preempt it and, having
+// found work, polls again every 20 µs; each of those wake-ups is a context
+// switch. Yielding is not free either: the loop's goroutine is locked to
+// its thread, so the thread hands its P off and gets it back.
+const yieldEvery = 5 * time.Millisecond
 
 // Handler is a source's callback, run on the loop's thread with the epoll
 // events that are ready (0 after Kick). It returns false to remove the
@@ -87,7 +96,12 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer stopWaking()
 
 	events := make([]unix.EpollEvent, maxEvents)
+	lastYield := time.Now()
 	for {
+		if now := time.Now(); now.Sub(lastYield) >= yieldEvery {
+			runtime.Gosched()
+			lastYield = now
+		}
 		// An ordinary system call: the scheduler hands our P off while
 		// the thread sleeps here.
 		n, err := unix.EpollWait(e.epfd, events, -1)
@@ -97,18 +111,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("engine: epoll_wait: %w", err)
 		}
-		woken := false
-		for i := range events[:n] {
-			tok := token(&events[i])
-			if tok == wakeToken {
-				woken = true
-				continue
-			}
-			if s := e.lookup(tok); s != nil {
-				s.run(events[i].Events)
-			}
-		}
-		if !woken {
+		if !e.dispatch(events[:n]) {
 			continue
 		}
 		kicked, stop := e.drainWake()
@@ -119,6 +122,22 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// dispatch runs the callbacks of the sources in events and reports whether
+// the eventfd was among them.
+func (e *Engine) dispatch(events []unix.EpollEvent) (woken bool) {
+	for i := range events {
+		tok := token(&events[i])
+		if tok == wakeToken {
+			woken = true
+			continue
+		}
+		if s := e.lookup(tok); s != nil {
+			s.run(events[i].Events)
+		}
+	}
+	return woken
 }
 
 // Close stops Run (waiting for it to return) and closes the engine's

@@ -29,9 +29,9 @@ func (c *Channel) Serve(h Handler) error {
 	return c.readerDone(r, err)
 }
 
-// ReadAvailable is the non-blocking Serve, for an event loop: it reads what
-// the socket holds, until recvmsg would block, and handles every complete
-// message as Serve does. It returns nil while the channel is open; any
+// ReadAvailable is the non-blocking Serve, for an edge-triggered event
+// loop: it reads what the socket holds, until it is empty, and handles
+// every complete message as Serve does. It returns nil while the channel is open; any
 // other return is the one Serve would make, and the channel has then
 // ended. It returns at once, with why, once the channel has ended for
 // another reason (Close, a failed send); see OnEnd. It must not be called
@@ -62,6 +62,7 @@ type reader struct {
 	start, end int
 	oob        []byte
 	fds        []int // received, not yet paired with a NODE_HANDLE line
+	drained    bool  // the last non-blocking read emptied the socket
 }
 
 func newReader(c *Channel) *reader {
@@ -90,6 +91,9 @@ func (r *reader) run(h Handler, wait bool) error {
 			r.start, r.end = 0, 0
 			// An fd with no NODE_HANDLE line left to claim it is stray.
 			r.closeFDs()
+		}
+		if r.drained {
+			return errWouldBlock
 		}
 	}
 }
@@ -148,6 +152,11 @@ func (r *reader) fill(wait bool) error {
 	if n == 0 {
 		return io.EOF
 	}
+	// A stream recvmsg stops short of the space offered only when the
+	// queue is empty, or after a message with fds: without fds, a short
+	// read saves the recvmsg that would say EAGAIN. (Data arriving after
+	// it is a new edge for an edge-triggered event loop.)
+	r.drained = !wait && oobn == 0 && n < len(r.buf)-r.end
 	r.end += n
 	return nil
 }
