@@ -27,12 +27,14 @@ var (
 
 // ReplyFunc receives the reply to a NODE_CLUSTER request (the message whose
 // "ack" equals the request's seq), or an error when the channel ended or the
-// request's handle could not be delivered. It runs on the channel's reader
-// goroutine (or on the goroutine that closed the channel) and must not block.
+// request's handle could not be delivered. It runs where the channel is read
+// (Serve's goroutine, or the event loop calling ReadAvailable), or on the
+// goroutine that closed the channel, and must not block.
 type ReplyFunc func(reply *Message, err error)
 
 // Handler receives every message that is not consumed by the channel itself
-// (handle ACK/NACK, replies to our requests). It runs on the reader goroutine.
+// (handle ACK/NACK, replies to our requests). It runs where the channel is
+// read: Serve's goroutine, or the event loop calling ReadAvailable.
 type Handler func(*Message)
 
 // outgoing is one message line and the fd that travels with it (-1: none).
