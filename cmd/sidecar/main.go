@@ -131,7 +131,9 @@ func (m *app) run() error {
 	defer cancel()
 	var g run.Group
 	g.Add(func() error {
-		m.acc.Start(ctx)
+		if err := m.acc.Start(ctx); err != nil {
+			return err
+		}
 		return m.sup.Run(ctx)
 	}, func(error) { cancel() })
 	sigCtx, stopSignals := context.WithCancel(ctx)

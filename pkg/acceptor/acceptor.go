@@ -2,6 +2,7 @@ package acceptor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/sidecar-project/sidecar/pkg/engine"
 	"github.com/sidecar-project/sidecar/pkg/ipc"
 )
 
@@ -55,6 +57,8 @@ type Acceptor struct {
 
 	mu        sync.Mutex
 	ctx       context.Context // set by Start; on-demand listeners serve under it
+	loop      *engine.Engine  // set by Start
+	loopDone  chan struct{}   // closed when the loop has returned
 	listeners []*Listener
 	byKey     map[string]*Listener // Node server key -> listener
 }
@@ -128,22 +132,75 @@ func (a *Acceptor) Listeners() []*Listener {
 	return append([]*Listener(nil), a.listeners...)
 }
 
-// Start lets listeners accept once workers join them; on-demand listeners
-// bound later serve under the same ctx. Accepting ends with ctx.
-func (a *Acceptor) Start(ctx context.Context) {
+// Start runs the event loop that accepts and reads worker channels (see
+// Attach) and lets listeners accept once workers join them; on-demand
+// listeners bound later accept on it too. The loop ends with ctx, or Close.
+func (a *Acceptor) Start(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.ctx = ctx
+	if a.loop != nil {
+		return errors.New("acceptor: already started")
+	}
+	loop, err := engine.New()
+	if err != nil {
+		return fmt.Errorf("acceptor: %w", err)
+	}
+	a.ctx, a.loop, a.loopDone = ctx, loop, make(chan struct{})
+	go func() {
+		defer close(a.loopDone)
+		if err := loop.Run(ctx); err != nil {
+			klog.FromContext(ctx).Error(err, "Event loop failed; no longer accepting")
+		}
+	}()
 	if a.opts.Shared {
-		return
+		return nil
 	}
 	for _, l := range a.listeners {
-		l.start(ctx)
+		if err := l.start(ctx, loop); err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
-func (l *Listener) start(ctx context.Context) {
-	l.serveOnce.Do(func() { go l.serve(ctx) })
+// Attach reads a worker's channel on the event loop, so the worker's
+// answers to newconn are handled on the thread that accepts, without a
+// goroutine hop. ch must come from ipc.SocketpairForLoop. Every message
+// the channel does not consume itself goes to h, on the loop: h must not
+// block for long. When the channel ends (the peer closed it or broke the
+// protocol, or it was closed), ended gets what Serve would have returned,
+// once, on the loop.
+func (a *Acceptor) Attach(ch *ipc.Channel, h ipc.Handler, ended func(error)) error {
+	a.mu.Lock()
+	loop := a.loop
+	a.mu.Unlock()
+	if loop == nil {
+		return errors.New("acceptor: attach before Start")
+	}
+	read := func(uint32) bool {
+		if err := ch.ReadAvailable(h); err != nil {
+			ended(err)
+			return false
+		}
+		return true
+	}
+	var src *engine.Source
+	var werr error
+	err := ch.Control(func(fd uintptr) {
+		// Edge-triggered: ReadAvailable reads until the socket is empty.
+		// Closing the channel takes it out of the epoll set.
+		src, werr = loop.Watch(int(fd), unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, read)
+		if werr == nil {
+			if werr = src.Arm(); werr != nil {
+				src.Close()
+			}
+		}
+	})
+	if err = errors.Join(err, werr); err != nil {
+		return fmt.Errorf("acceptor: attach a worker channel: %w", err)
+	}
+	ch.OnEnd(src.Kick) // ended elsewhere: the loop collects the end
+	return nil
 }
 
 // Reply is the answer to a worker's queryServer.
@@ -181,10 +238,13 @@ func (a *Acceptor) Query(t Target, q *ipc.Message) Reply {
 		if err != nil {
 			return Reply{Errno: negErrno(err), Err: err, Key: key, FD: -1}
 		}
-		a.listeners = append(a.listeners, l)
-		if a.ctx != nil && !a.opts.Shared {
-			l.start(a.ctx)
+		if a.loop != nil && !a.opts.Shared {
+			if err := l.start(a.ctx, a.loop); err != nil {
+				l.close()
+				return Reply{Errno: negErrno(err), Err: err, Key: key, FD: -1}
+			}
 		}
+		a.listeners = append(a.listeners, l)
 	}
 	a.byKey[key] = l
 	r := Reply{Key: key, FD: -1, Listener: l}
@@ -335,11 +395,19 @@ func (a *Acceptor) Drain(ctx context.Context) error {
 	return nil
 }
 
-// Close stops every listener at once, closing queued connections.
+// Close stops every listener at once, closing queued connections, and
+// stops the event loop: attached channels are no longer read.
 func (a *Acceptor) Close() {
 	for _, l := range a.Listeners() {
 		l.stop()
 		l.close()
 		l.closeQueued()
+	}
+	a.mu.Lock()
+	loop, done := a.loop, a.loopDone
+	a.mu.Unlock()
+	if loop != nil {
+		loop.Close()
+		<-done
 	}
 }

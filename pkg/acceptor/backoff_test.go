@@ -85,7 +85,9 @@ func helperEMFILE() int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	acc.Start(ctx)
+	if err := acc.Start(ctx); err != nil {
+		return fail("start: %v", err)
+	}
 	defer acc.Close()
 	l := acc.Listeners()[0]
 	w, err := newFakeWorker(1, always(serveHTTP), func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })

@@ -203,7 +203,7 @@ type procWorker struct {
 	ch        *ipc.Channel
 	acc       *Acceptor
 	cmd       *exec.Cmd
-	served    chan struct{} // the channel's reader returned
+	served    chan struct{} // the channel has ended
 	listening chan struct{}
 	once      sync.Once
 }
@@ -235,7 +235,7 @@ func (w *procWorker) handle(m *ipc.Message) {
 }
 
 func startProcWorker(b *testing.B, r *rig, id int, hold bool) *procWorker {
-	ch, wf, err := ipc.Socketpair()
+	ch, wf, err := ipc.SocketpairForLoop()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -255,7 +255,11 @@ func startProcWorker(b *testing.B, r *rig, id int, hold bool) *procWorker {
 		b.Fatal(err)
 	}
 	w := &procWorker{id: id, ch: ch, acc: r.acc, cmd: cmd, served: make(chan struct{}), listening: make(chan struct{})}
-	go func() { defer close(w.served); _ = ch.Serve(w.handle) }()
+	// Read on the acceptor's event loop, as the supervisor does.
+	if err := r.acc.Attach(ch, w.handle, func(error) { close(w.served) }); err != nil {
+		ch.Close()
+		b.Fatal(err)
+	}
 	b.Cleanup(func() { w.stop(b) })
 	return w
 }

@@ -22,7 +22,7 @@ type handoff struct {
 }
 
 // dispatch hands c to the next free worker or queues it. It reports whether
-// the accept loop may go on accepting (false: the queue is full).
+// accepting may go on (false: the queue is full).
 func (l *Listener) dispatch(c *conn) bool {
 	l.mu.Lock()
 	m := l.nextFreeLocked(nil)
@@ -144,10 +144,10 @@ func (l *Listener) enqueueLocked(c *conn, front bool) {
 // a worker (queued, or refused and waiting for a retry) and resumes below.
 func (l *Listener) updatePausedLocked() {
 	full := len(l.queue)+l.delayed >= l.opts.QueueSize
-	if l.paused && !full {
-		signal(l.wake)
+	if l.paused != full {
+		l.paused = full
+		l.rearmLocked()
 	}
-	l.paused = full
 }
 
 // delayLocked retries, after a backoff, a refused connection no other free
@@ -206,7 +206,7 @@ func (l *Listener) liveMembersLocked() int {
 	return n
 }
 
-// join registers worker t under key and lets the accept loop start.
+// join registers worker t under key and lets accepting start.
 func (l *Listener) join(t Target, key string) {
 	m := &member{t: t, key: key, qkey: ipc.Quote(key)}
 	l.mu.Lock()
@@ -218,9 +218,9 @@ func (l *Listener) join(t Target, key string) {
 	}
 	l.members = append(l.members, m)
 	l.joined = true
+	l.rearmLocked()
 	next := l.takeQueuedLocked(m, nil)
 	l.mu.Unlock()
-	signal(l.wake)
 	for _, h := range next {
 		l.send(h)
 	}

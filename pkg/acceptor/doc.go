@@ -28,6 +28,15 @@
 // With shared scheduling (Node's SCHED_NONE) the queryServer reply carries
 // the listening socket itself and workers accept on their own.
 //
-// The accept loop never spins: EMFILE, ENFILE, ENOBUFS and ENOMEM back off
-// from 5 ms doubling to 1 s.
+// The hot path runs on one thread: Start runs an event loop (pkg/engine)
+// that accepts on every round-robin listener and reads every worker channel
+// attached to it (Attach; the supervisor attaches each worker's). A
+// connection is accepted, sent, acknowledged, settled by the worker's
+// accepted:true and closed on that thread, without waking any goroutine;
+// the other messages of a worker go to the handler it was attached with.
+// A listener is in the loop's epoll set only while it may accept: a worker
+// has joined, the queue is not full, it is not backing off or stopped.
+//
+// Accepting never spins: EMFILE, ENFILE, ENOBUFS and ENOMEM take the
+// listener out of the epoll set for a backoff from 5 ms doubling to 1 s.
 package acceptor

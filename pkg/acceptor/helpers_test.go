@@ -145,13 +145,10 @@ func poll(timeout time.Duration, cond func() bool) bool {
 // backlogLen is how many connections wait in the listener's kernel accept
 // queue (TCP_INFO of a listening socket: tcpi_unacked), or -1.
 func backlogLen(l *Listener) int {
-	n := -1
-	_ = l.rc.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			n = int(info.Unacked)
-		}
-	})
-	return n
+	if info, err := unix.GetsockoptTCPInfo(l.fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+		return int(info.Unacked)
+	}
+	return -1
 }
 
 // rig is an Acceptor with one listener on 127.0.0.1:0, started, with a
@@ -177,7 +174,10 @@ func newRig(tb testing.TB, opts Options) *rig {
 		tb.Fatalf("Bind: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	acc.Start(ctx)
+	if err := acc.Start(ctx); err != nil {
+		cancel()
+		tb.Fatalf("Start: %v", err)
+	}
 	tb.Cleanup(func() { cancel(); acc.Close() })
 	l := acc.Listeners()[0]
 	ta := l.Addr().(*net.TCPAddr)

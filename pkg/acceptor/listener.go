@@ -3,6 +3,7 @@ package acceptor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/sidecar-project/sidecar/pkg/engine"
 	"github.com/sidecar-project/sidecar/pkg/ipc"
 )
 
@@ -29,30 +31,35 @@ type Target interface {
 }
 
 // Listener is one listening socket and, with round-robin scheduling, the
-// dispatcher of its connections.
+// dispatcher of its connections. Accepting runs on the acceptor's event
+// loop: the socket is in the loop's epoll set (armed) exactly while a
+// worker has joined, the queue is not full, no accept error backs off and
+// the listener is not stopped.
 type Listener struct {
 	name     string // for logs and metrics: the --listen text or bound address
 	spec     Spec   // what was asked; Address has the real port for tcp
 	addr     net.Addr
-	fd       int      // the listening socket
-	file     *os.File // fd, registered with the poller (round-robin only)
-	rc       syscall.RawConn
+	fd       int // the listening socket, non-blocking unless shared
 	prebound bool
 	opts     *Options
 
-	mu        sync.Mutex
-	members   []*member
-	cursor    int
-	queue     []*conn // waiting for a free worker, oldest first
-	inflight  int     // handoffs awaiting a reply
-	delayed   int     // refused by every worker, waiting to be retried
-	joined    bool    // a worker has asked for it: accepting may start
-	paused    bool    // the queue is full
-	stopped   bool
-	wake      chan struct{} // the accept loop re-checks its state
-	changed   chan struct{} // queue, inflight or delayed went down
-	served    chan struct{} // closed when the accept loop has returned
-	serveOnce sync.Once
+	mu       sync.Mutex
+	members  []*member
+	cursor   int
+	queue    []*conn // waiting for a free worker, oldest first
+	inflight int     // handoffs awaiting a reply
+	delayed  int     // refused by every worker, waiting to be retried
+	joined   bool    // a worker has asked for it: accepting may start
+	paused   bool    // the queue is full
+	stopped  bool
+	failed   bool           // accept failed for good
+	retry    *time.Timer    // backing off after an accept error
+	src      *engine.Source // nil until started
+	armed    bool           // src is in the epoll set
+	logger   klog.Logger
+	changed  chan struct{} // queue, inflight or delayed went down
+
+	backoff   time.Duration // the last accept error's; the loop's own
 	closeOnce sync.Once
 }
 
@@ -88,9 +95,7 @@ func newListener(name string, spec Spec, ln net.Listener, prebound bool, opts *O
 	}
 	// Keep a duplicate of the socket and close the net.Listener, whose
 	// descriptor is registered with the runtime poller: a registered socket
-	// wakes the poller on every connection even when nobody waits on it. A
-	// net.Listener's RawConn cannot wait for readability either; an
-	// *os.File's can.
+	// wakes the poller on every connection even when nobody waits on it.
 	dup := -1
 	var derr error
 	if err := lrc.Control(func(fd uintptr) {
@@ -100,20 +105,14 @@ func newListener(name string, spec Spec, ln net.Listener, prebound bool, opts *O
 	}
 	l := &Listener{
 		name: name, spec: spec, addr: ln.Addr(), fd: dup, prebound: prebound, opts: opts,
-		wake:    make(chan struct{}, 1),
 		changed: make(chan struct{}, 1),
-		served:  make(chan struct{}),
+		logger:  klog.Background(),
 	}
 	if opts.Shared {
 		return l, nil // workers accept; the master never waits on it
 	}
 	if err := unix.SetNonblock(dup, true); err != nil {
 		unix.Close(dup)
-		return nil, err
-	}
-	l.file = os.NewFile(uintptr(dup), name)
-	if l.rc, err = l.file.SyscallConn(); err != nil {
-		l.file.Close()
 		return nil, err
 	}
 	return l, nil
@@ -133,6 +132,7 @@ func (l *Listener) WorkerAddress() string { return l.spec.String() }
 // Prebound reports whether the listener came from --listen.
 func (l *Listener) Prebound() bool { return l.prebound }
 
+// signal wakes whoever waits on ch, if anybody does.
 func signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
@@ -140,61 +140,105 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// serve is the accept loop. It returns when the listener is stopped or ctx
-// ends; it never spins.
-func (l *Listener) serve(ctx context.Context) {
-	defer close(l.served)
-	logger := klog.FromContext(ctx).WithValues("listener", l.name)
-	var backoff time.Duration
-	for l.waitReady(ctx) {
-		var aerr error
-		err := l.rc.Read(func(fd uintptr) bool {
-			for n := 0; ; n++ {
-				nfd, e := accept(int(fd))
-				switch e {
-				case nil:
-				case unix.EAGAIN:
-					return n > 0
-				case unix.EINTR, unix.ECONNABORTED, unix.EPROTO, unix.ENETDOWN, unix.ENOPROTOOPT,
-					unix.EHOSTDOWN, unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH, unix.EPERM:
-					continue // errors of that one connection (accept(2)): try the next
-				default:
-					aerr = e
-					return true
-				}
-				backoff = 0
-				l.opts.Observer.Accepted(l.name)
-				if !l.dispatch(&conn{fd: nfd, at: time.Now()}) || n >= 256 {
-					return true
-				}
-			}
-		})
-		switch {
-		case err != nil:
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue // woken by stop: waitReady decides
-			}
-			if !l.isStopped() {
-				logger.Error(err, "Listener failed; no longer accepting")
-			}
-			return
-		case aerr != nil:
-			l.opts.Observer.AcceptError(l.name)
-			if !temporary(aerr) {
-				logger.Error(aerr, "Accept failed; no longer accepting")
-				return
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			logger.Error(aerr, "Accept failed; backing off", "delay", backoff)
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return
-			}
+// acceptBatch bounds the connections accepted per event, so one busy
+// listener does not hold up the loop's other sockets.
+const acceptBatch = 64
+
+// start puts the listener on the event loop; it accepts once a worker joins.
+func (l *Listener) start(ctx context.Context, loop *engine.Engine) error {
+	src, err := loop.Watch(l.fd, unix.EPOLLIN, l.onReadable) // level-triggered
+	if err != nil {
+		return fmt.Errorf("listener %s: %w", l.name, err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped || l.src != nil {
+		src.Close()
+		return nil
+	}
+	l.src, l.logger = src, klog.FromContext(ctx).WithValues("listener", l.name)
+	l.rearmLocked()
+	return nil
+}
+
+// onReadable accepts what the backlog holds, on the event loop, and
+// dispatches each connection, until the backlog is empty, the dispatcher
+// pauses (it then disarms the listener) or acceptBatch is reached (the
+// listener, level-triggered, is reported again).
+func (l *Listener) onReadable(uint32) bool {
+	for range acceptBatch {
+		nfd, e := accept(l.fd)
+		switch e {
+		case nil:
+		case unix.EAGAIN:
+			return true
+		case unix.EINTR, unix.ECONNABORTED, unix.EPROTO, unix.ENETDOWN, unix.ENOPROTOOPT,
+			unix.EHOSTDOWN, unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH, unix.EPERM:
+			continue // errors of that one connection (accept(2)): try the next
+		default:
+			l.acceptFailed(e)
+			return true
+		}
+		l.backoff = 0
+		l.opts.Observer.Accepted(l.name)
+		if !l.dispatch(&conn{fd: nfd, at: time.Now()}) {
+			return true
 		}
 	}
+	return true
+}
+
+// acceptFailed disarms the listener after an accept error: for good, or
+// for a backoff of 5 ms doubling to 1 s when descriptors or memory run out.
+func (l *Listener) acceptFailed(e error) {
+	l.opts.Observer.AcceptError(l.name)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !temporary(e) {
+		l.logger.Error(e, "Accept failed; no longer accepting")
+		l.failed = true
+		l.rearmLocked()
+		return
+	}
+	l.backoff = min(max(2*l.backoff, 5*time.Millisecond), time.Second)
+	l.logger.Error(e, "Accept failed; backing off", "delay", l.backoff)
+	if l.retry != nil {
+		l.retry.Stop()
+	}
+	var t *time.Timer
+	t = time.AfterFunc(l.backoff, func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.retry == t {
+			l.retry = nil
+			l.rearmLocked()
+		}
+	})
+	l.retry = t
+	l.rearmLocked()
+}
+
+// rearmLocked puts the socket in the loop's epoll set, or takes it out, as
+// the listener's state says.
+func (l *Listener) rearmLocked() {
+	if l.src == nil {
+		return
+	}
+	want := l.joined && !l.paused && !l.stopped && !l.failed && l.retry == nil
+	if want == l.armed {
+		return
+	}
+	var err error
+	if want {
+		err = l.src.Arm()
+	} else {
+		err = l.src.Disarm()
+	}
+	if err != nil {
+		l.logger.Error(err, "Cannot change the event loop's interest in the listener", "accepting", want)
+		return
+	}
+	l.armed = want
 }
 
 // accept is accept4(2) without the peer's address: unix.Accept4 decodes
@@ -216,43 +260,21 @@ func temporary(err error) bool {
 	return false
 }
 
-// waitReady blocks until accepting may go on; false means stop.
-func (l *Listener) waitReady(ctx context.Context) bool {
-	for {
-		l.mu.Lock()
-		stopped, ready := l.stopped, l.joined && !l.paused
-		l.mu.Unlock()
-		if stopped || ctx.Err() != nil {
-			return false
-		}
-		if ready {
-			return true
-		}
-		select {
-		case <-l.wake:
-		case <-ctx.Done():
-			return false
-		}
-	}
-}
-
-func (l *Listener) isStopped() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.stopped
-}
-
-// stop makes the accept loop return and waits for it.
+// stop ends accepting on the event loop: once it returns, the loop is not
+// accepting on the socket and never will again.
 func (l *Listener) stop() {
 	l.mu.Lock()
 	l.stopped = true
-	l.mu.Unlock()
-	signal(l.wake)
-	if l.file != nil {
-		_ = l.file.SetDeadline(time.Unix(1, 0))
+	if l.retry != nil {
+		l.retry.Stop()
+		l.retry = nil
 	}
-	l.serveOnce.Do(func() { close(l.served) }) // never started: nothing to wait for
-	<-l.served
+	l.rearmLocked()
+	src := l.src
+	l.mu.Unlock()
+	if src != nil {
+		src.Close() // waits for an accept batch in progress
+	}
 }
 
 // acceptBacklog accepts, without waiting, what the kernel backlog holds, so
@@ -260,21 +282,18 @@ func (l *Listener) stop() {
 // called after stop, when at least one worker can take them.
 func (l *Listener) acceptBacklog() int {
 	n := 0
-	_ = l.rc.Control(func(fd uintptr) {
-		for {
-			nfd, e := accept(int(fd))
-			if e == unix.EINTR || e == unix.ECONNABORTED {
-				continue
-			}
-			if e != nil {
-				return
-			}
-			n++
-			l.opts.Observer.Accepted(l.name)
-			l.dispatch(&conn{fd: nfd, at: time.Now()})
+	for {
+		nfd, e := accept(l.fd)
+		if e == unix.EINTR || e == unix.ECONNABORTED {
+			continue
 		}
-	})
-	return n
+		if e != nil {
+			return n
+		}
+		n++
+		l.opts.Observer.Accepted(l.name)
+		l.dispatch(&conn{fd: nfd, at: time.Now()})
+	}
 }
 
 // pending reports the connections the listener still owns.
@@ -299,11 +318,7 @@ func (l *Listener) hasWorkers() bool {
 // close closes the socket (and removes a unix socket's file).
 func (l *Listener) close() {
 	l.closeOnce.Do(func() {
-		if l.file != nil {
-			l.file.Close()
-		} else {
-			unix.Close(l.fd)
-		}
+		unix.Close(l.fd)
 		if l.spec.Network == "unix" {
 			os.Remove(l.spec.Address)
 		}

@@ -17,8 +17,19 @@ import (
 // the peer reads, every message arrives in its sender's order, handles
 // (queued behind unsent bytes) with their fd.
 func TestBackpressure(t *testing.T) {
-	a, b := channelPair(t)
-	serve(t, a)
+	t.Run("serve", func(t *testing.T) {
+		a, b := channelPair(t)
+		serve(t, a)
+		testBackpressure(t, a, b)
+	})
+	t.Run("loop", func(t *testing.T) { // the flusher waits on a duplicate
+		a, b := loopChannelPair(t)
+		serveOnLoop(t, a, nil)
+		testBackpressure(t, a, b)
+	})
+}
+
+func testBackpressure(t *testing.T, a, b *Channel) {
 	null := devNull(t)
 	const senders, perSender = 4, 500
 	type userMsg struct {

@@ -1,11 +1,9 @@
 package ipc
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"sync"
@@ -29,12 +27,14 @@ var (
 
 // ReplyFunc receives the reply to a NODE_CLUSTER request (the message whose
 // "ack" equals the request's seq), or an error when the channel ended or the
-// request's handle could not be delivered. It runs on the channel's reader
-// goroutine (or on the goroutine that closed the channel) and must not block.
+// request's handle could not be delivered. It runs where the channel is read
+// (Serve's goroutine, or the event loop calling ReadAvailable), or on the
+// goroutine that closed the channel, and must not block.
 type ReplyFunc func(reply *Message, err error)
 
 // Handler receives every message that is not consumed by the channel itself
-// (handle ACK/NACK, replies to our requests). It runs on the reader goroutine.
+// (handle ACK/NACK, replies to our requests). It runs where the channel is
+// read: Serve's goroutine, or the event loop calling ReadAvailable.
 type Handler func(*Message)
 
 // outgoing is one message line and the fd that travels with it (-1: none).
@@ -45,10 +45,13 @@ type outgoing struct {
 }
 
 // Channel is one end of the IPC socketpair. Sends may be called from any
-// goroutine; Serve runs the reader on the caller's goroutine.
+// goroutine. The reader runs either on the goroutine that calls Serve, or,
+// for a channel made for an event loop, in ReadAvailable.
 type Channel struct {
-	file *os.File
-	rc   syscall.RawConn
+	file   *os.File
+	rc     syscall.RawConn
+	polled bool    // file is registered with the runtime poller
+	rd     *reader // ReadAvailable's; owned by its caller
 
 	mu       sync.Mutex
 	seq      int64
@@ -58,6 +61,8 @@ type Channel struct {
 	held     []outgoing // messages queued behind inflight, in order
 	unsent   []outgoing // bytes the socket did not take yet
 	flushing bool
+	waiter   *os.File // the flusher's pollable duplicate (unpolled channels)
+	onEnd    func()
 	closed   bool
 	err      error // why the channel ended
 }
@@ -65,7 +70,12 @@ type Channel struct {
 // NewChannel makes a Channel of a connected AF_UNIX SOCK_STREAM socket. It
 // takes ownership of f, which it closes: the Channel works on a non-blocking,
 // close-on-exec duplicate.
-func NewChannel(f *os.File) (*Channel, error) {
+func NewChannel(f *os.File) (*Channel, error) { return newChannel(f, true) }
+
+// newChannel makes a Channel whose descriptor is registered with the
+// runtime poller (polled: Serve) or not (an event loop reads it with
+// ReadAvailable, and a message from the peer wakes nothing else).
+func newChannel(f *os.File, polled bool) (*Channel, error) {
 	// Work on a duplicate and close f: f keeps a finalizer that would close
 	// its descriptor under the channel once f is garbage collected.
 	fd, err := dupCloexec(f)
@@ -73,19 +83,25 @@ func NewChannel(f *os.File) (*Channel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipc: duplicate channel fd of %s: %w", f.Name(), err)
 	}
-	if err := unix.SetNonblock(fd, true); err != nil {
+	// os.NewFile registers a descriptor with the runtime poller if and only
+	// if it is non-blocking when it is called.
+	if err := unix.SetNonblock(fd, polled); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("ipc: set channel fd %d non-blocking: %w", fd, err)
 	}
-	// Wrap it now so the runtime poller owns the descriptor (os.NewFile only
-	// registers descriptors that are non-blocking when it is called).
 	nf := os.NewFile(uintptr(fd), f.Name())
+	if !polled {
+		if err := unix.SetNonblock(fd, true); err != nil {
+			nf.Close()
+			return nil, fmt.Errorf("ipc: set channel fd %d non-blocking: %w", fd, err)
+		}
+	}
 	rc, err := nf.SyscallConn()
 	if err != nil {
 		nf.Close()
 		return nil, fmt.Errorf("ipc: channel fd %d: %w", fd, err)
 	}
-	return &Channel{file: nf, rc: rc, replies: make(map[int64]ReplyFunc)}, nil
+	return &Channel{file: nf, rc: rc, polled: polled, replies: make(map[int64]ReplyFunc)}, nil
 }
 
 func dupCloexec(f *os.File) (int, error) {
@@ -104,17 +120,45 @@ func dupCloexec(f *os.File) (int, error) {
 
 // Socketpair returns the master's Channel and the peer's end as a blocking,
 // close-on-exec file, ready to be inherited by a child (exec.Cmd.ExtraFiles).
-func Socketpair() (*Channel, *os.File, error) {
+func Socketpair() (*Channel, *os.File, error) { return socketpair(true) }
+
+// SocketpairForLoop is Socketpair for a master that reads its channels on
+// its own event loop: the master's end is not registered with the Go
+// runtime's poller, and is read with ReadAvailable (not Serve) when the
+// loop sees it readable (Control gives its descriptor; OnEnd tells the loop
+// when it has ended).
+func SocketpairForLoop() (*Channel, *os.File, error) { return socketpair(false) }
+
+func socketpair(polled bool) (*Channel, *os.File, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("ipc: socketpair: %w", err)
 	}
-	c, err := NewChannel(os.NewFile(uintptr(fds[0]), "ipc-master"))
-	if err != nil { // NewChannel closed fds[0]
+	c, err := newChannel(os.NewFile(uintptr(fds[0]), "ipc-master"), polled)
+	if err != nil { // newChannel closed fds[0]
 		unix.Close(fds[1])
 		return nil, nil, err
 	}
 	return c, os.NewFile(uintptr(fds[1]), "ipc-worker"), nil
+}
+
+// Control runs f with the channel's descriptor, which stays open while f
+// runs: to register it with an event loop.
+func (c *Channel) Control(f func(fd uintptr)) error { return c.rc.Control(f) }
+
+// OnEnd has f called once when the channel ends, whoever ends it, on the
+// goroutine that ends it (at once if it has ended). f must not block; it is
+// how an event loop reading the channel with ReadAvailable learns that it
+// must call it once more to collect the end. A later OnEnd replaces f.
+func (c *Channel) OnEnd(f func()) {
+	c.mu.Lock()
+	if !c.closed {
+		c.onEnd = f
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	f()
 }
 
 // Close ends the channel: pending replies fail with ErrClosed and a blocked
@@ -139,13 +183,19 @@ func (c *Channel) end(why error) {
 		return
 	}
 	c.closed, c.err = true, why
-	replies := c.replies
-	c.replies = nil
+	replies, waiter, onEnd := c.replies, c.waiter, c.onEnd
+	c.replies, c.waiter, c.onEnd = nil, nil, nil
 	c.inflight, c.held, c.unsent = nil, nil, nil
 	c.mu.Unlock()
 	c.file.Close()
+	if waiter != nil {
+		waiter.Close() // the flusher stops waiting
+	}
 	for _, fn := range replies {
 		fn(nil, why)
+	}
+	if onEnd != nil {
+		onEnd()
 	}
 }
 
@@ -284,95 +334,6 @@ func (c *Channel) sendControl(line []byte) {
 	c.mu.Unlock()
 }
 
-// writeLocked writes o without blocking; what the socket does not take now
-// is queued for the flusher goroutine, which waits for the socket.
-func (c *Channel) writeLocked(o outgoing) error {
-	if len(c.unsent) > 0 {
-		c.unsent = append(c.unsent, o)
-		return nil
-	}
-	n, err := c.trySend(o)
-	if err != nil {
-		return err
-	}
-	if n < len(o.line) {
-		rest := outgoing{line: o.line[n:], fd: o.fd, seq: o.seq}
-		if n > 0 {
-			rest.fd = -1 // the fd went with the first byte
-		}
-		c.unsent = append(c.unsent, rest)
-		if !c.flushing {
-			c.flushing = true
-			go c.flush()
-		}
-	}
-	return nil
-}
-
-// trySend does one non-blocking sendmsg; EAGAIN is n == 0, err == nil.
-func (c *Channel) trySend(o outgoing) (int, error) {
-	var n int
-	var serr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		n, serr = sendmsg(int(fd), o.line, o.fd)
-		return true
-	})
-	if err == nil {
-		err = serr
-	}
-	if errors.Is(err, unix.EAGAIN) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("ipc: send: %w", err)
-	}
-	return n, nil
-}
-
-// flush writes queued bytes as the socket drains, in order.
-func (c *Channel) flush() {
-	for {
-		c.mu.Lock()
-		if c.closed || len(c.unsent) == 0 {
-			c.flushing = false
-			c.mu.Unlock()
-			return
-		}
-		o := c.unsent[0]
-		c.mu.Unlock()
-		var n int
-		var serr error
-		err := c.rc.Write(func(fd uintptr) bool {
-			n, serr = sendmsg(int(fd), o.line, o.fd)
-			return !errors.Is(serr, unix.EAGAIN)
-		})
-		if err == nil {
-			err = serr
-		}
-		if err != nil {
-			c.end(fmt.Errorf("ipc: send: %w", err))
-			return
-		}
-		c.mu.Lock()
-		if len(c.unsent) > 0 {
-			if n < len(o.line) {
-				c.unsent[0] = outgoing{line: o.line[n:], fd: -1, seq: o.seq}
-			} else {
-				c.unsent = c.unsent[1:]
-			}
-		}
-		c.mu.Unlock()
-	}
-}
-
-func sendmsg(fd int, line []byte, passFD int) (int, error) {
-	var oob []byte
-	if passFD >= 0 {
-		oob = unix.UnixRights(passFD)
-	}
-	return unix.SendmsgN(fd, line, oob, nil, unix.MSG_NOSIGNAL)
-}
-
 // onHandleAck releases the messages held behind the handle in flight.
 func (c *Channel) onHandleAck() {
 	c.mu.Lock()
@@ -447,153 +408,6 @@ func (c *Channel) takeReply(ack int64) ReplyFunc {
 		delete(c.replies, ack)
 	}
 	return fn
-}
-
-// Serve reads messages until the channel ends and passes each to h, except
-// handle ACK/NACKs and replies to our requests, which it consumes. It returns
-// io.EOF when the peer closed the channel, a wrapped ErrProtocol when the
-// peer sent garbage, or ErrClosed after Close. When Serve returns the channel
-// is closed and every pending reply has failed.
-func (c *Channel) Serve(h Handler) error {
-	r := reader{c: c, buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*4))}
-	err := r.run(h)
-	r.closeFDs()
-	c.end(err)
-	return err
-}
-
-// reader splits the byte stream into lines and pairs received fds with the
-// NODE_HANDLE lines they came with.
-type reader struct {
-	c          *Channel
-	buf        []byte
-	start, end int
-	oob        []byte
-	fds        []int // received, not yet paired with a NODE_HANDLE line
-}
-
-func (r *reader) run(h Handler) error {
-	for {
-		if err := r.fill(); err != nil {
-			return err
-		}
-		for {
-			i := bytes.IndexByte(r.buf[r.start:r.end], '\n')
-			if i < 0 {
-				break
-			}
-			line := r.buf[r.start : r.start+i]
-			r.start += i + 1
-			if err := r.handleLine(line, h); err != nil {
-				return err
-			}
-		}
-		if r.start == r.end {
-			r.start, r.end = 0, 0
-			// An fd with no NODE_HANDLE line left to claim it is stray.
-			r.closeFDs()
-		}
-	}
-}
-
-// fill reads once (waiting for data), growing or compacting the buffer.
-func (r *reader) fill() error {
-	if r.end == len(r.buf) {
-		if r.end-r.start > MaxLineSize { // the buffer holds MaxLineSize+1 at most
-			return fmt.Errorf("%w: line longer than %d bytes", ErrProtocol, MaxLineSize)
-		}
-		if r.start > 0 {
-			r.end = copy(r.buf, r.buf[r.start:r.end])
-			r.start = 0
-		} else {
-			nb := make([]byte, min(2*len(r.buf), MaxLineSize+1))
-			r.end = copy(nb, r.buf[r.start:r.end])
-			r.buf = nb
-		}
-	}
-	var n, oobn, flags int
-	var rerr error
-	err := r.c.rc.Read(func(fd uintptr) bool {
-		n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), r.buf[r.end:], r.oob, unix.MSG_CMSG_CLOEXEC)
-		return !errors.Is(rerr, unix.EAGAIN)
-	})
-	if err == nil {
-		err = rerr
-	}
-	if oobn > 0 {
-		r.takeFDs(r.oob[:oobn])
-	}
-	if err != nil {
-		if cerr := r.c.Err(); cerr != nil {
-			return cerr // closed under us: not the peer's doing
-		}
-		if errors.Is(err, unix.ECONNRESET) {
-			return io.EOF
-		}
-		return fmt.Errorf("ipc: receive: %w", err)
-	}
-	if flags&unix.MSG_CTRUNC != 0 {
-		// Some fd did not fit: the NODE_HANDLE line that owns it finds no fd
-		// and is NACKed, so the peer sends it again.
-		r.closeFDs()
-	}
-	if n == 0 {
-		return io.EOF
-	}
-	r.end += n
-	return nil
-}
-
-func (r *reader) takeFDs(oob []byte) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return
-	}
-	for i := range msgs {
-		fds, err := unix.ParseUnixRights(&msgs[i])
-		if err == nil {
-			r.fds = append(r.fds, fds...)
-		}
-	}
-}
-
-func (r *reader) closeFDs() {
-	for _, fd := range r.fds {
-		unix.Close(fd)
-	}
-	r.fds = r.fds[:0]
-}
-
-func (r *reader) handleLine(line []byte, h Handler) error {
-	m, err := DecodeLine(line)
-	if err != nil {
-		return err
-	}
-	switch m.Cmd {
-	case CmdHandleAck:
-		r.c.onHandleAck()
-		return nil
-	case CmdHandleNak:
-		r.c.onHandleNack()
-		return nil
-	}
-	if m.handle {
-		if len(r.fds) == 0 {
-			r.c.sendControl(lineNack)
-			return nil
-		}
-		m.FD = r.fds[0]
-		r.fds = r.fds[1:]
-		r.c.sendControl(lineAck)
-	}
-	if m.Cmd == CmdCluster && m.HasAck {
-		if fn := r.c.takeReply(m.Ack); fn != nil {
-			fn(m, nil)
-			return nil
-		}
-	}
-	h(m)
-	return nil
 }
 
 var (

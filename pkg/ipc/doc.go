@@ -22,7 +22,9 @@
 //     user message (Node's process.send / worker.send).
 //
 // A Channel is used by the master (pkg/workers, pkg/acceptor) and by the
-// worker SDK (pkg/cluster). File descriptors received are opened with
+// worker SDK (pkg/cluster). It is read either by Serve on a goroutine of
+// its own (the SDK), or, made by SocketpairForLoop, by ReadAvailable from an
+// event loop (the master): the same reader code, blocking or not. File descriptors received are opened with
 // MSG_CMSG_CLOEXEC. The hot path (newconn, its ACK and its reply) avoids
 // reflection: those lines are written and recognised byte for byte, and the
 // general decoder is the fallback for everything else.

@@ -97,7 +97,13 @@ type rawPeer struct {
 // rawPair returns a Channel and a raw peer connected to it.
 func rawPair(t testing.TB) (*Channel, *rawPeer) {
 	t.Helper()
-	ch, f, err := Socketpair()
+	return rawPairOf(t, Socketpair)
+}
+
+// rawPairOf is rawPair with the Channel made by pair.
+func rawPairOf(t testing.TB, pair func() (*Channel, *os.File, error)) (*Channel, *rawPeer) {
+	t.Helper()
+	ch, f, err := pair()
 	if err != nil {
 		t.Fatal(err)
 	}

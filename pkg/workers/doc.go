@@ -8,6 +8,10 @@
 //
 // Operational notes:
 //
+//   - Worker channels are read on the acceptor's event loop (Registry's
+//     Attach), so replies to newconn never leave the thread that accepts;
+//     the other messages, and the end of a channel, come to the
+//     supervisor's goroutine as events.
 //   - Exactly one goroutine calls wait4: the Reaper. As PID 1 it also reaps
 //     orphans that are not workers; otherwise it makes the master a child
 //     subreaper so orphaned grandchildren come to it too. Nothing here calls

@@ -249,7 +249,10 @@ func startPool(t *testing.T, helper string, cfg Config) *pool {
 		t.Fatalf("bind: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	acc.Start(ctx)
+	if err := acc.Start(ctx); err != nil {
+		cancel()
+		t.Fatalf("start: %v", err)
+	}
 	ln := acc.Listeners()[0]
 	rec := newRecorder()
 	cfg.Command = []string{os.Args[0]}

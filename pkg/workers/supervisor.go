@@ -82,6 +82,9 @@ type Registry interface {
 	Query(t acceptor.Target, q *ipc.Message) acceptor.Reply
 	CloseKey(t acceptor.Target, key string)
 	Remove(t acceptor.Target)
+	// Attach reads a worker's channel (from ipc.SocketpairForLoop) where
+	// connections are dispatched; see acceptor.Acceptor.Attach.
+	Attach(ch *ipc.Channel, h ipc.Handler, ended func(error)) error
 }
 
 // slot is one place in the pool.
@@ -315,14 +318,10 @@ func (s *Supervisor) spawn(i int) {
 	s.cfg.Observer.StateChanged(i, Forked, Forked)
 	logger.Info("Worker forked", "pid", w.pid)
 	w.after(s.cfg.StartTimeout, func() { s.post(timerEvent{w, s.startTimedOut}) })
-	go func() {
-		err := w.ch.Serve(func(m *ipc.Message) { s.post(msgEvent{w, m}) })
-		s.post(chanEndEvent{w, err})
-	}()
 }
 
 func (s *Supervisor) start(id, i int, logger klog.Logger) (*Worker, error) {
-	ch, child, err := ipc.Socketpair()
+	ch, child, err := ipc.SocketpairForLoop()
 	if err != nil {
 		return nil, err
 	}
@@ -341,10 +340,21 @@ func (s *Supervisor) start(id, i int, logger klog.Logger) (*Worker, error) {
 		ch.Close()
 		return nil, err
 	}
-	return &Worker{
+	w := &Worker{
 		id: id, slot: i, pid: cmd.Process.Pid, proc: cmd.Process, ch: ch,
 		logger: logger, state: Forked, forkedAt: time.Now(),
-	}, nil
+	}
+	// The channel is read on the acceptor's event loop: hot-path replies
+	// are consumed there, everything else comes to this loop.
+	err = s.reg.Attach(ch,
+		func(m *ipc.Message) { s.post(msgEvent{w, m}) },
+		func(err error) { s.post(chanEndEvent{w, err}) })
+	if err != nil {
+		ch.Close()
+		_ = cmd.Process.Kill() // reaped as an orphan
+		return nil, err
+	}
+	return w, nil
 }
 
 func (s *Supervisor) setState(w *Worker, to State) {
