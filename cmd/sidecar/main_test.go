@@ -320,3 +320,26 @@ func TestGroupSIGTERMDoesNotRespawn(t *testing.T) {
 		t.Fatalf("%d workers were forked, want 2 (no respawn while draining)", n)
 	}
 }
+
+// TestVerbosityLevels: -v 0 logs the lifecycle only; -v 4 adds a line per
+// connection.
+func TestVerbosityLevels(t *testing.T) {
+	for _, v := range []string{"0", "4"} {
+		m := startMaster(t, nil, "-v", v, "--listen", "127.0.0.1:0", "--workers", "1")
+		m.waitLine(`"Worker listening"`, 10*time.Second)
+		if _, _, err := get("http://" + m.addr + "/"); err != nil {
+			t.Fatal(err)
+		}
+		if v == "4" {
+			m.waitLine(`"Connection handed off"`, 5*time.Second)
+			continue
+		}
+		m.signal(syscall.SIGTERM)
+		m.waitExit(10 * time.Second)
+		for _, l := range m.output() {
+			if strings.Contains(l, "Connection handed off") {
+				t.Fatalf("per-connection line at -v 0: %s", l)
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/sidecar-project/sidecar/pkg/ipc"
 )
@@ -91,6 +92,10 @@ func (l *Listener) onReply(m *member, c *conn, r *ipc.Message, err error) {
 	signal(l.changed)
 	if accepted {
 		unix.Close(c.fd)
+	}
+	if v := klog.V(4); v.Enabled() { // per-connection detail; a load when off
+		v.InfoS("Connection handed off", "listener", l.name, "worker", m.t.ID(), "slot", m.t.Slot(),
+			"accepted", accepted, "err", err, "wait", time.Since(c.at))
 	}
 	for _, h := range next {
 		l.send(h)
