@@ -88,21 +88,27 @@ func groupCPU(pgid int) int64 {
 // cpuSnapshot is taken before and after a run.
 type cpuSnapshot struct {
 	master, group, busy int64
+	extra               int64 // process group extra (the proxy scenario's upstream), if any
 }
 
-func snapshot(pgid int) (cpuSnapshot, error) {
+func snapshot(pgid, extra int) (cpuSnapshot, error) {
 	m, err := cpuTicks(pgid)
 	if err != nil {
 		return cpuSnapshot{}, err
 	}
 	busy, _, err := cpuJiffies()
-	return cpuSnapshot{master: m, group: groupCPU(pgid), busy: busy}, err
+	s := cpuSnapshot{master: m, group: groupCPU(pgid), busy: busy}
+	if extra > 0 {
+		s.extra = groupCPU(extra)
+	}
+	return s, err
 }
 
 // otherCPU is the CPU, in CPUs (1.0 = one CPU all the time), that went
-// to neither wrk nor the setup's processes between a and b.
+// to neither wrk nor the setup's processes (nor the extra group) between
+// a and b.
 func otherCPU(a, b cpuSnapshot, wrk time.Duration, elapsed time.Duration, clkTck int) float64 {
-	ticks := float64((b.busy - a.busy) - (b.group - a.group))
+	ticks := float64((b.busy - a.busy) - (b.group - a.group) - (b.extra - a.extra))
 	other := ticks/float64(clkTck) - wrk.Seconds()
 	return max(other, 0) / elapsed.Seconds()
 }

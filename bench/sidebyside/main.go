@@ -40,9 +40,18 @@ type options struct {
 	quiet      float64
 	noise      float64
 	retries    int
+	proxy      bool  // the proxy scenario instead of the cluster setups
+	proxyConns []int // wrk -c values for the proxy scenario
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == serveUpstreamArg {
+		if err := serveUpstream(); err != nil {
+			fmt.Fprintln(os.Stderr, "upstream:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	opts, err := parseOptions(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sidebyside:", err)
@@ -77,7 +86,9 @@ func parseOptions(args []string) (*options, error) {
 	fs.IntVar(&o.retries, "retries", 2, "at most this many extra runs per mode because of -noise")
 	fs.StringVar(&o.rev, "rev", "", "build sidecar from this git revision (git archive) instead of the working tree")
 	extra := fs.String("sidecar-args", "", "more sidecar flags, space-separated (they come last, so they win), e.g. --admin-addr=")
-	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all)")
+	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all cluster setups, or all proxy-* with -proxy)")
+	fs.BoolVar(&o.proxy, "proxy", false, "run the proxy scenario: a Go hello upstream behind sidecar --upstream, nginx, HAProxy, and direct (keep-alive only)")
+	proxyConns := fs.String("proxy-conns", "50", "comma-separated wrk -c values for the proxy scenario, e.g. 50,200")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -91,6 +102,13 @@ func parseOptions(args []string) (*options, error) {
 			return nil, fmt.Errorf("-workers: bad count %q", s)
 		}
 		o.workers = append(o.workers, n)
+	}
+	for _, s := range strings.Split(*proxyConns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < o.threads {
+			return nil, fmt.Errorf("-proxy-conns: bad count %q", s)
+		}
+		o.proxyConns = append(o.proxyConns, n)
 	}
 	if o.duration < time.Second || o.threads < 1 || o.conns < o.threads {
 		return nil, errors.New("need -duration >= 1s, -threads >= 1 and -conns >= -threads")
@@ -122,10 +140,21 @@ func run(ctx context.Context, o *options) error {
 	if len(o.extra) > 0 {
 		machine += ", run with " + strings.Join(o.extra, " ")
 	}
+	selected := selectSetups(o.only, o.proxy)
+	if len(selected) == 0 {
+		return fmt.Errorf("-only %q names no setup", o.only)
+	}
+	if anyProxy(selected) {
+		if err := env.prepareProxy(ctx, o); err != nil {
+			return err
+		}
+		defer env.upstream.stop(5 * time.Second)
+		machine += "; " + toolVersion("nginx", "-v") + ", " + toolVersion("haproxy", "-v")
+	}
 	var results []result
 	failed := 0
 	for _, n := range o.workers {
-		for _, s := range selectSetups(o.only) {
+		for _, s := range selected {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -151,9 +180,13 @@ func run(ctx context.Context, o *options) error {
 	return nil
 }
 
-// selectSetups is every setup, or those named in only.
-func selectSetups(only string) []setup {
+// selectSetups is every cluster setup (every proxy setup with proxy), or
+// the setups, of either kind, named in only.
+func selectSetups(only string, proxy bool) []setup {
 	if only == "" {
+		if proxy {
+			return proxySetups
+		}
 		return setups
 	}
 	want := map[string]bool{}
@@ -161,7 +194,7 @@ func selectSetups(only string) []setup {
 		want[strings.TrimSpace(s)] = true
 	}
 	var out []setup
-	for _, s := range setups {
+	for _, s := range append(append([]setup{}, setups...), proxySetups...) {
 		if want[s.name] {
 			out = append(out, s)
 		}

@@ -13,18 +13,20 @@ import (
 
 // result is one line of the table: a setup, a worker count and a mode.
 type result struct {
-	setup   setup
-	workers int
-	mode    mode
-	run     *wrkRun
-	conns   float64 // new connections per second
-	cpuUs   float64 // master CPU µs per connection (close mode), NaN if not measured
-	other   float64 // CPUs used by other processes on the box during the run
-	busy0   float64 // fraction of the machine busy just before the setup started
-	exits   int     // worker exits and lost channels while being measured
-	stopErr error   // how the master failed to stop cleanly, if it did
-	warmup  string  // what went wrong in the warm-up, if anything
-	err     error   // the setup could not be measured (run is nil)
+	setup    setup
+	workers  int
+	mode     mode
+	run      *wrkRun
+	conns    float64 // new connections per second
+	cpuUs    float64 // master CPU µs per connection (close mode), NaN if not measured
+	groupUs  float64 // CPU µs per request of the setup's process group
+	wrkConns int     // wrk -c
+	other    float64 // CPUs used by other processes on the box during the run
+	busy0    float64 // fraction of the machine busy just before the setup started
+	exits    int     // worker exits and lost channels while being measured
+	stopErr  error   // how the master failed to stop cleanly, if it did
+	warmup   string  // what went wrong in the warm-up, if anything
+	err      error   // the setup could not be measured (run is nil)
 }
 
 // measureSetup starts the setup with n workers, waits until it serves,
@@ -34,24 +36,34 @@ func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) 
 	if err != nil {
 		return nil, err
 	}
-	p, err := e.start(s, n)
+	var p *proc
+	listeners := n
+	modes, conns := []mode{keepAlive, closeMode}, []int{o.conns}
+	if s.isProxy() {
+		p, listeners, err = e.startProxy(s, n)
+		modes, conns = []mode{keepAlive}, o.proxyConns
+	} else {
+		p, err = e.start(s, n)
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		stopErr := p.stop(15 * time.Second)
-		for i := range rs {
-			rs[i].stopErr = stopErr
-		}
-	}()
-	port, err := p.waitReady(ctx, n, o.startLimit)
+	if p != e.upstream { // the upstream outlives every setup
+		defer func() {
+			stopErr := p.stop(15 * time.Second)
+			for i := range rs {
+				rs[i].stopErr = stopErr
+			}
+		}()
+	}
+	port, err := p.waitReady(ctx, listeners, o.startLimit)
 	if err != nil {
-		if s.master == sidecarMaster && ctx.Err() == nil {
+		if (s.master == sidecarMaster || s.master == proxySidecar) && ctx.Err() == nil {
 			p.dumpStacks() // into the master's log, as evidence
 		}
 		return nil, err
 	}
-	spec := wrkSpec{port: port, duration: o.warmup, threads: o.threads, conns: o.conns, timeout: o.timeout,
+	spec := wrkSpec{port: port, duration: o.warmup, threads: o.threads, conns: conns[0], timeout: o.timeout,
 		script: e.tallyScript(), mode: keepAlive}
 	warm, err := runWrk(ctx, e.wrk, spec, filepath.Join(e.logs, fmt.Sprintf("%s-%dw-warmup.txt", s.name, n)))
 	if err != nil {
@@ -59,15 +71,17 @@ func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) 
 	}
 	_, _, warmExits := p.state()
 	spec.duration = o.duration
-	for _, m := range []mode{keepAlive, closeMode} {
-		spec.mode = m
-		r, err := measureQuietly(ctx, e, o, p, spec, s, n)
-		if err != nil {
-			return rs, err
+	for _, c := range conns {
+		for _, m := range modes {
+			spec.mode, spec.conns = m, c
+			r, err := measureQuietly(ctx, e, o, p, spec, s, n)
+			if err != nil {
+				return rs, err
+			}
+			r.busy0, r.warmup = busy0, warmupTrouble(warm, warmExits)
+			rs = append(rs, *r)
+			report(os.Stderr, r)
 		}
-		r.busy0, r.warmup = busy0, warmupTrouble(warm, warmExits)
-		rs = append(rs, *r)
-		report(os.Stderr, r)
 	}
 	return rs, nil
 }
@@ -97,9 +111,13 @@ func warmupTrouble(w *wrkRun, exits int) string {
 func measureQuietly(ctx context.Context, e *benchEnv, o *options, p *proc, spec wrkSpec, s setup, n int) (*result, error) {
 	var best *result
 	for attempt := 0; ; attempt++ {
-		raw := fmt.Sprintf("%s-%dw-%s.txt", s.name, n, spec.mode)
+		name := fmt.Sprintf("%s-%dw-%s", s.name, n, spec.mode)
+		if s.isProxy() {
+			name += fmt.Sprintf("-c%d", spec.conns)
+		}
+		raw := name + ".txt"
 		if attempt > 0 {
-			raw = fmt.Sprintf("%s-%dw-%s-retry%d.txt", s.name, n, spec.mode, attempt)
+			raw = fmt.Sprintf("%s-retry%d.txt", name, attempt)
 		}
 		r, err := measureMode(ctx, e, p, spec, filepath.Join(e.logs, raw))
 		if err != nil {
@@ -119,7 +137,11 @@ func measureQuietly(ctx context.Context, e *benchEnv, o *options, p *proc, spec 
 // measureMode runs wrk once, reading the master's CPU time around the run.
 func measureMode(ctx context.Context, e *benchEnv, p *proc, spec wrkSpec, raw string) (*result, error) {
 	_, _, exits0 := p.state()
-	cpu0, err := snapshot(p.pid())
+	up := 0 // the upstream's group, when it is not the setup's
+	if e.upstream != nil && p != e.upstream {
+		up = e.upstream.pid()
+	}
+	cpu0, err := snapshot(p.pid(), up)
 	if err != nil {
 		return nil, err
 	}
@@ -127,13 +149,14 @@ func measureMode(ctx context.Context, e *benchEnv, p *proc, spec wrkSpec, raw st
 	if err != nil {
 		return nil, err
 	}
-	cpu1, err := snapshot(p.pid())
+	cpu1, err := snapshot(p.pid(), up)
 	if err != nil {
 		return nil, fmt.Errorf("master gone after the %s run: %w", spec.mode, err)
 	}
 	_, _, exits1 := p.state()
-	r := &result{mode: spec.mode, run: run, exits: exits1 - exits0, cpuUs: math.NaN(),
-		other: otherCPU(cpu0, cpu1, run.cpu, run.elapsed, e.clkTck)}
+	r := &result{mode: spec.mode, run: run, exits: exits1 - exits0, cpuUs: math.NaN(), wrkConns: spec.conns,
+		other:   otherCPU(cpu0, cpu1, run.cpu, run.elapsed, e.clkTck),
+		groupUs: groupUsPerReq(cpu0, cpu1, run.requests, e.clkTck)}
 	if spec.mode == closeMode {
 		r.conns = run.reqPerSec()
 		if run.requests > 0 {

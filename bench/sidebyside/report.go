@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -28,10 +29,23 @@ func describeMachine(o *options) string {
 		load = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
 	return fmt.Sprintf("%d vCPU (%s), load average %s at start; wrk runs on the same box "+
-		"(-t%d -c%d, %s per mode, --timeout %s); %s, %s, %s; %s",
-		runtime.NumCPU(), model, load, o.threads, o.conns, seconds(o.duration), seconds(o.timeout),
+		"(-t%d -c%s, %s per mode, --timeout %s); %s, %s, %s; %s",
+		runtime.NumCPU(), model, load, o.threads, connsText(o), seconds(o.duration), seconds(o.timeout),
 		toolVersion("node", "--version"), toolVersion("wrk", "-v"), runtime.Version(),
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+}
+
+// connsText is wrk's -c: -conns, or -proxy-conns with -proxy.
+func connsText(o *options) string {
+	c := []int{o.conns}
+	if o.proxy {
+		c = o.proxyConns
+	}
+	var s []string
+	for _, n := range c {
+		s = append(s, strconv.Itoa(n))
+	}
+	return strings.Join(s, ",")
 }
 
 // toolVersion is the first line a tool prints about its version.
@@ -55,13 +69,39 @@ func report(w io.Writer, r *result) {
 	if r.err != nil {
 		return
 	}
+	if r.setup.isProxy() {
+		fmt.Fprintf(w, "   %s -c%-4d %9.0f req/s  p50 %-8v p99 %-8v CPU %s µs/req  other CPU %.2f  errors %s\n",
+			r.mode, r.wrkConns, r.run.reqPerSec(), r.run.p50, r.run.p99, fmtFloat(r.groupUs, 1), r.other, r.run.errors)
+		return
+	}
 	ratio, _ := r.share()
 	fmt.Fprintf(w, "   %-10s %9.0f req/s  p50 %-8v p99 %-8v share %.2f  master %s µs/conn  other CPU %.2f  errors %s\n",
 		r.mode, r.run.reqPerSec(), r.run.p50, r.run.p99, ratio, fmtFloat(r.cpuUs, 2), r.other, r.run.errors)
 }
 
 // writeReport prints the table and writes it, the chart and the notes.
-func writeReport(dir, machine string, o *options, rs []result) error {
+// The proxy scenario's rows go to proxy.md instead.
+func writeReport(dir, machine string, o *options, all []result) error {
+	var rs, prs []result
+	for _, r := range all {
+		if r.setup.isProxy() {
+			prs = append(prs, r)
+		} else {
+			rs = append(rs, r)
+		}
+	}
+	if len(prs) > 0 {
+		md := proxyMarkdown(machine, prs)
+		fmt.Print(md)
+		path := filepath.Join(dir, "proxy.md")
+		if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "wrote %s and logs in %s\n", path, filepath.Join(dir, "logs"))
+		if len(rs) == 0 {
+			return nil
+		}
+	}
 	md := markdown(machine, o, rs)
 	fmt.Print(md)
 	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md), 0o644); err != nil {
@@ -173,7 +213,7 @@ func notes(rs []result) []string {
 		if r.exits > 0 {
 			out = append(out, fmt.Sprintf("%s: %d worker exit(s) or lost channel(s) during the run (see the master's log)", what, r.exits))
 		}
-		if n := r.run.counts["none"]; n > 0 {
+		if n := r.run.counts["none"]; n > 0 && !r.setup.isProxy() { // only the cluster setups' workers set it
 			out = append(out, fmt.Sprintf("%s: %d responses without X-Sidecar-Worker", what, n))
 		}
 		if r.stopErr != nil && r.mode == closeMode {

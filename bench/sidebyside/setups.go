@@ -24,6 +24,10 @@ type kind int
 const (
 	nodePrimary kind = iota // node primary.js (Node's own cluster module)
 	sidecarMaster
+	proxySidecar // sidecar --upstream (the proxy scenario from here on)
+	proxyNginx
+	proxyHAProxy
+	proxyDirect // no proxy: wrk talks to the upstream
 )
 
 // setup is one row of the table: a master, a scheduling policy and a worker.
@@ -58,13 +62,19 @@ type benchEnv struct {
 	built   string // which source sidecar was built from
 	admin   bool   // sidecar has --admin-addr (then it gets a free port)
 	extra   []string
+
+	tmp          string // the run's temporary directory
+	nginx        string // for the proxy scenario
+	haproxy      string
+	upstream     *proc // the proxy scenario's hello upstream, once started
+	upstreamPort int
 }
 
 // prepare builds sidecar (from the working tree, or from git revision rev)
 // into tmp, writes the fixtures there and creates
 // the results directory.
 func prepare(ctx context.Context, root, rev, tmp, out string) (*benchEnv, error) {
-	e := &benchEnv{fixDir: filepath.Join(tmp, "fixtures"), logs: filepath.Join(out, "logs"), clkTck: clockTicks()}
+	e := &benchEnv{fixDir: filepath.Join(tmp, "fixtures"), logs: filepath.Join(out, "logs"), clkTck: clockTicks(), tmp: tmp}
 	var err error
 	if e.node, err = exec.LookPath("node"); err != nil {
 		return nil, err

@@ -110,3 +110,44 @@ func TestFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestSelectSetups(t *testing.T) {
+	if got := selectSetups("", false); len(got) != len(setups) || anyProxy(got) {
+		t.Errorf("default: %d setups, proxy %v", len(got), anyProxy(got))
+	}
+	if got := selectSetups("", true); len(got) != len(proxySetups) || got[0].master != proxySidecar {
+		t.Errorf("-proxy: %v", got)
+	}
+	got := selectSetups("node-rr,proxy-nginx", false)
+	if len(got) != 2 || got[0].isProxy() || !got[1].isProxy() {
+		t.Errorf("-only mixed: %v", got)
+	}
+}
+
+func TestProxyConfs(t *testing.T) {
+	n := nginxConf("/tmp/x", 2, 8080, "127.0.0.1:9000")
+	for _, want := range []string{"worker_processes 2;", "listen 127.0.0.1:8080;", "server 127.0.0.1:9000;",
+		"keepalive 64;", "proxy_http_version 1.1;", `proxy_set_header Connection "";`, "access_log off;",
+		"pid /tmp/x/nginx.pid;", "error_log /tmp/x/error.log"} {
+		if !strings.Contains(n, want) {
+			t.Errorf("nginx.conf lacks %q:\n%s", want, n)
+		}
+	}
+	h := haproxyConf(2, 8080, "127.0.0.1:9000")
+	for _, want := range []string{"nbthread 2", "mode http", "http-reuse always", "bind 127.0.0.1:8080", "server up 127.0.0.1:9000"} {
+		if !strings.Contains(h, want) {
+			t.Errorf("haproxy.cfg lacks %q:\n%s", want, h)
+		}
+	}
+}
+
+func TestProxyMarkdown(t *testing.T) {
+	rs := []result{
+		{setup: proxySetups[0], workers: 2, mode: keepAlive, wrkConns: 50, run: &wrkRun{requests: 20000, duration: time.Second, p99: 6 * time.Millisecond}},
+		{setup: proxySetups[1], workers: 2, mode: keepAlive, wrkConns: 50, run: &wrkRun{requests: 40000, duration: time.Second, p99: 3 * time.Millisecond}},
+	}
+	md := proxyMarkdown("box", rs)
+	if !strings.Contains(md, "| 20.00k | 0µs | 6.00ms | 0.50× | 2.00× |") {
+		t.Errorf("ratios to nginx missing:\n%s", md)
+	}
+}

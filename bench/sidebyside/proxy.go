@@ -1,0 +1,282 @@
+package main
+
+// The proxy scenario (-proxy): one Go hello upstream, started once by the
+// harness (this binary re-executed with -serve-upstream), behind sidecar
+// --upstream, nginx and HAProxy, and loaded directly, with wrk keep-alive.
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// serveUpstreamArg, as the first argument, makes this binary the upstream.
+const serveUpstreamArg = "-serve-upstream"
+
+// proxyBaseline is the proxy setup every proxy ratio is relative to.
+const proxyBaseline = "proxy-nginx"
+
+var proxySetups = []setup{
+	{name: "proxy-sidecar", label: "(a) sidecar --upstream", master: proxySidecar},
+	{name: "proxy-nginx", label: "(b) nginx", master: proxyNginx},
+	{name: "proxy-haproxy", label: "(c) HAProxy", master: proxyHAProxy},
+	{name: "proxy-direct", label: "(d) direct to the upstream", master: proxyDirect},
+}
+
+func (s setup) isProxy() bool { return s.master >= proxySidecar }
+
+// serveUpstream is the hello upstream: HTTP/1.1 keep-alive on a free port
+// of 127.0.0.1, "hello" to every request. It prints the port and serves
+// until killed.
+func serveUpstream() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("UPSTREAM listening 127.0.0.1:%d\n", ln.Addr().(*net.TCPAddr).Port)
+	body := []byte("hello")
+	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("Content-Length", "5")
+		w.Write(body)
+	}))
+}
+
+var upstreamMarkers = markers{
+	port:      regexp.MustCompile(`^UPSTREAM listening 127\.0\.0\.1:(\d+)`),
+	listening: "UPSTREAM listening",
+}
+
+// startUpstream re-executes this binary as the upstream and waits until it
+// answers.
+func (e *benchEnv) startUpstream(ctx context.Context, o *options) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	p, err := startProc([]string{self, serveUpstreamArg}, cleanEnv(), filepath.Join(e.logs, "upstream.log"), upstreamMarkers, 0)
+	if err != nil {
+		return err
+	}
+	port, err := p.waitReady(ctx, 1, o.startLimit)
+	if err != nil {
+		p.stop(5e9)
+		return fmt.Errorf("upstream: %w", err)
+	}
+	e.upstream, e.upstreamPort = p, port
+	return nil
+}
+
+// neverMarkers are for proxies whose port the harness chooses and whose
+// log says nothing the harness waits for.
+var neverMarkers = markers{listening: "\x00never\x00"}
+
+// startProxy starts a proxy setup with n workers (sidecar workers, nginx
+// worker processes, HAProxy threads) in front of the upstream, and returns
+// it with how many "listening" lines to wait for. proxyDirect returns the
+// upstream itself.
+func (e *benchEnv) startProxy(s setup, n int) (*proc, int, error) {
+	logPath := filepath.Join(e.logs, fmt.Sprintf("%s-%dw.log", s.name, n))
+	upstream := fmt.Sprintf("127.0.0.1:%d", e.upstreamPort)
+	switch s.master {
+	case proxyDirect:
+		return e.upstream, 0, nil
+	case proxySidecar:
+		argv := []string{e.sidecar, "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n), "--upstream", "http://" + upstream}
+		if e.admin {
+			argv = append(argv, "--admin-addr", "127.0.0.1:0")
+		}
+		argv = append(argv, e.extra...)
+		p, err := startProc(argv, cleanEnv(), logPath, sidecarMarkers, 0)
+		return p, n, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	dir := filepath.Join(e.tmp, fmt.Sprintf("%s-%dw", s.name, n))
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		return nil, 0, err
+	}
+	var argv []string
+	switch s.master {
+	case proxyNginx:
+		conf := filepath.Join(dir, "nginx.conf")
+		if err := os.WriteFile(conf, []byte(nginxConf(dir, n, port, upstream)), 0o644); err != nil {
+			return nil, 0, err
+		}
+		argv = []string{e.nginx, "-p", dir + "/", "-c", conf, "-g", "daemon off;"}
+	case proxyHAProxy:
+		conf := filepath.Join(dir, "haproxy.cfg")
+		if err := os.WriteFile(conf, []byte(haproxyConf(n, port, upstream)), 0o644); err != nil {
+			return nil, 0, err
+		}
+		argv = []string{e.haproxy, "-db", "-f", conf}
+	default:
+		return nil, 0, fmt.Errorf("setup %s: not a proxy", s.name)
+	}
+	p, err := startProc(argv, cleanEnv(), logPath, neverMarkers, port)
+	return p, 0, err
+}
+
+// nginxConf is nginx as a keep-alive reverse proxy: n worker processes,
+// an upstream pool of 64 idle connections per worker, no access log, and
+// everything it writes under dir. keepalive_requests is raised on both
+// sides so nginx, like sidecar, never closes a busy connection.
+func nginxConf(dir string, n, port int, upstream string) string {
+	return fmt.Sprintf(`worker_processes %d;
+pid %[2]s/nginx.pid;
+error_log %[2]s/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %[2]s/tmp/body;
+    proxy_temp_path %[2]s/tmp/proxy;
+    fastcgi_temp_path %[2]s/tmp/fastcgi;
+    uwsgi_temp_path %[2]s/tmp/uwsgi;
+    scgi_temp_path %[2]s/tmp/scgi;
+    keepalive_requests 1000000;
+    upstream app {
+        server %[4]s;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:%[3]d;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+`, n, dir, port, upstream)
+}
+
+// haproxyConf is HAProxy with n threads, HTTP mode, server connections
+// reused across client connections.
+func haproxyConf(n, port int, upstream string) string {
+	return fmt.Sprintf(`global
+    nbthread %d
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:%d
+    default_backend be
+backend be
+    server up %s
+`, n, port, upstream)
+}
+
+const proxyHead = `| setup | workers | wrk -c | req/s | p50 | p99 | req/s ÷ nginx | p99 ÷ nginx | CPU µs/req | errors | other CPU |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|
+`
+
+// proxyMarkdown is the proxy scenario's report.
+func proxyMarkdown(machine string, rs []result) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## Proxy: the same Go hello upstream behind sidecar, nginx and HAProxy\n\n")
+	fmt.Fprintf(&b, "Machine: %s.\n\n", machine)
+	b.WriteString(proxyHead)
+	for i := range rs {
+		r := &rs[i]
+		if r.err != nil {
+			fmt.Fprintf(&b, "| %s | %d | — | FAILED (see notes) |  |  |  |  |  |  |  |\n", r.setup.label, r.workers)
+			continue
+		}
+		reqRatio, p99Ratio := "—", "—"
+		if base := findProxyBaseline(rs, r); base != nil {
+			reqRatio = fmtFloat(r.run.reqPerSec()/base.run.reqPerSec(), 2) + "×"
+			if base.run.p99 > 0 {
+				p99Ratio = fmtFloat(float64(r.run.p99)/float64(base.run.p99), 2) + "×"
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %.2f |\n",
+			r.setup.label, r.workers, r.wrkConns, fmtCount(r.run.reqPerSec()), fmtLatency(r.run.p50),
+			fmtLatency(r.run.p99), reqRatio, p99Ratio, fmtFloat(r.groupUs, 1), r.run.errors, r.other)
+	}
+	b.WriteString(proxyLegend)
+	if ns := notes(rs); len(ns) > 0 {
+		b.WriteString("\n**Anomalies** (raw wrk output and logs are in the results directory's logs/):\n\n")
+		for _, n := range ns {
+			fmt.Fprintf(&b, "- %s\n", n)
+		}
+	}
+	return b.String()
+}
+
+const proxyLegend = `
+wrk keep-alive against the proxy, which keeps a keep-alive pool to the
+upstream (a Go net/http server answering "hello", one process, all CPUs).
+workers: sidecar workers, nginx worker processes, HAProxy threads. Ratios
+are to nginx with the same workers and wrk -c. CPU µs/req: utime+stime of
+the proxy's processes (master and workers; for direct, the upstream) over
+the run ÷ requests. other CPU: CPUs' worth of time spent outside wrk, the
+proxy and the upstream during the run.
+`
+
+// findProxyBaseline is nginx's row with the same workers and wrk -c.
+func findProxyBaseline(rs []result, r *result) *result {
+	for i := range rs {
+		b := &rs[i]
+		if b.setup.name == proxyBaseline && b.workers == r.workers && b.wrkConns == r.wrkConns &&
+			b.run != nil && b.run.requests > 0 {
+			return b
+		}
+	}
+	return nil
+}
+
+// groupUsPerReq is CPU µs per request of the setup's group.
+func groupUsPerReq(a, b cpuSnapshot, requests int, clkTck int) float64 {
+	if requests == 0 {
+		return math.NaN()
+	}
+	return float64(b.group-a.group) * 1e6 / float64(clkTck) / float64(requests)
+}
+
+func anyProxy(ss []setup) bool {
+	for _, s := range ss {
+		if s.isProxy() {
+			return true
+		}
+	}
+	return false
+}
+
+// prepareProxy finds nginx and HAProxy and starts the upstream.
+func (e *benchEnv) prepareProxy(ctx context.Context, o *options) error {
+	var err error
+	if e.nginx, err = lookPath("nginx"); err != nil {
+		return err
+	}
+	if e.haproxy, err = lookPath("haproxy"); err != nil {
+		return err
+	}
+	return e.startUpstream(ctx, o)
+}
+
+// lookPath is exec.LookPath, also in /usr/sbin (not on every root PATH).
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	p := filepath.Join("/usr/sbin", name)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s not found on PATH or in /usr/sbin (Debian packages nginx-light, haproxy)", name)
+	}
+	return p, nil
+}
