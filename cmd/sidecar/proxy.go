@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/sidecar-project/sidecar/pkg/proxy"
@@ -20,22 +21,32 @@ type proxyFlags struct {
 	clientIdle       *time.Duration
 	upstreamDial     *time.Duration
 	upstreamResponse *time.Duration
+	tcpIdle          *time.Duration
+	readyPath        *string
 }
 
 func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
 	return &proxyFlags{
-		upstream:         fs.String("upstream", "", "`URL` of the app the built-in reverse-proxy workers forward to: http://host:port or unix:/path"),
+		upstream:         fs.String("upstream", "", "`URL` of the app the built-in reverse-proxy workers forward to: http://host:port, unix:/path or tcp://host:port (L4 pass-through)"),
 		clientHeader:     fs.Duration("client-header-timeout", proxy.DefaultClientHeaderTimeout, "with --upstream: a client's request headers must arrive within this (slowloris defence)"),
 		clientIdle:       fs.Duration("client-idle-timeout", proxy.DefaultClientIdleTimeout, "with --upstream: a client keep-alive connection idle this long is closed"),
 		upstreamDial:     fs.Duration("upstream-dial-timeout", proxy.DefaultUpstreamDialTimeout, "with --upstream: connecting to the upstream longer than this is a 504"),
 		upstreamResponse: fs.Duration("upstream-response-timeout", proxy.DefaultUpstreamResponseTimeout, "with --upstream: waiting longer than this for the upstream's response headers is a 504"),
+		tcpIdle:          fs.Duration("tcp-idle-timeout", proxy.DefaultTCPIdleTimeout, "with --upstream tcp://: a connection with no bytes either way this long is closed"),
+		readyPath:        fs.String("upstream-ready-path", "", "with --upstream http:// or unix:, the `PATH` /readyz GETs on the upstream (2xx/3xx is ready); without it, /readyz only dials the upstream"),
 	}
 }
 
 // apply validates the proxy flags and sets c.proxy (nil without --upstream).
 func (f *proxyFlags) apply(c *config) error {
 	if *f.upstream == "" {
+		if *f.readyPath != "" {
+			return usageError{"--upstream-ready-path needs --upstream"}
+		}
 		return nil
+	}
+	if p := *f.readyPath; p != "" && !strings.HasPrefix(p, "/") {
+		return usageError{fmt.Sprintf("--upstream-ready-path must start with /, got %q", p)}
 	}
 	if len(c.command) > 0 {
 		return usageError{"--upstream and a worker command cannot be combined: with --upstream the workers are the built-in proxy"}
@@ -46,6 +57,7 @@ func (f *proxyFlags) apply(c *config) error {
 	for name, d := range map[string]time.Duration{
 		"client-header-timeout": *f.clientHeader, "client-idle-timeout": *f.clientIdle,
 		"upstream-dial-timeout": *f.upstreamDial, "upstream-response-timeout": *f.upstreamResponse,
+		"tcp-idle-timeout": *f.tcpIdle,
 	} {
 		if d <= 0 {
 			return usageError{fmt.Sprintf("--%s must be positive, got %v", name, d)}
@@ -55,7 +67,9 @@ func (f *proxyFlags) apply(c *config) error {
 		Upstream:            *f.upstream,
 		ClientHeaderTimeout: *f.clientHeader, ClientIdleTimeout: *f.clientIdle,
 		UpstreamDialTimeout: *f.upstreamDial, UpstreamResponseTimeout: *f.upstreamResponse,
+		TCPIdleTimeout: *f.tcpIdle,
 	}
+	c.upstreamReadyPath = *f.readyPath
 	return nil
 }
 
