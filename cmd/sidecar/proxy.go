@@ -4,10 +4,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
-	"strings"
 	"time"
 
+	"github.com/sidecar-project/sidecar/pkg/health"
 	"github.com/sidecar-project/sidecar/pkg/proxy"
 )
 
@@ -45,14 +46,14 @@ func (f *proxyFlags) apply(c *config) error {
 		}
 		return nil
 	}
-	if p := *f.readyPath; p != "" && !strings.HasPrefix(p, "/") {
-		return usageError{fmt.Sprintf("--upstream-ready-path must start with /, got %q", p)}
-	}
 	if len(c.command) > 0 {
 		return usageError{"--upstream and a worker command cannot be combined: with --upstream the workers are the built-in proxy"}
 	}
 	if _, err := proxy.ParseUpstream(*f.upstream); err != nil {
 		return usageError{"--" + err.Error()}
+	}
+	if _, err := proxy.NewReadiness(*f.upstream, *f.readyPath, 0); err != nil {
+		return usageError{"--upstream-ready-path: " + err.Error()}
 	}
 	for name, d := range map[string]time.Duration{
 		"client-header-timeout": *f.clientHeader, "client-idle-timeout": *f.clientIdle,
@@ -71,6 +72,19 @@ func (f *proxyFlags) apply(c *config) error {
 	}
 	c.upstreamReadyPath = *f.readyPath
 	return nil
+}
+
+// upstreamChecks are the master's readiness checks of the upstream: with
+// --upstream, "upstream" (a GET of --upstream-ready-path, or a dial).
+func upstreamChecks(cfg *config) ([]health.Check, error) {
+	if cfg.proxy == nil {
+		return nil, nil
+	}
+	rc, err := proxy.NewReadiness(cfg.proxy.Upstream, cfg.upstreamReadyPath, 0)
+	if err != nil {
+		return nil, err
+	}
+	return []health.Check{health.NamedCheck("upstream", func(r *http.Request) error { return rc.Check(r.Context()) })}, nil
 }
 
 // builtinKind is the built-in worker the master runs without a command.

@@ -118,7 +118,7 @@ func TestProxyBadUpstream(t *testing.T) {
 		{[]string{"--upstream", "http://app:3000", "--upstream-dial-timeout", "0s"}, "--upstream-dial-timeout must be positive"},
 		{[]string{"--upstream", "tcp://db:5432", "--tcp-idle-timeout", "-1s"}, "--tcp-idle-timeout must be positive"},
 		{[]string{"--upstream-ready-path", "/healthz"}, "--upstream-ready-path needs --upstream"},
-		{[]string{"--upstream", "http://app:3000", "--upstream-ready-path", "healthz"}, `--upstream-ready-path must start with /, got "healthz"`},
+		{[]string{"--upstream", "http://app:3000", "--upstream-ready-path", "healthz"}, `--upstream-ready-path: upstream ready path "healthz": want /path[?query]`},
 	} {
 		t.Run(tc.args[1], func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], append([]string{"--listen", "127.0.0.1:0", "--admin-addr", ""}, tc.args...)...)
