@@ -31,8 +31,9 @@ type admin struct {
 const probeTimeout = 2 * time.Second
 
 // newAdmin binds addr and builds the handlers. minReady is how many workers
-// must listen for /readyz to pass.
-func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gatherer, m *metrics.Metrics, sup *workers.Supervisor) (*admin, error) {
+// must listen for /readyz to pass; extra are further readiness checks (the
+// upstream's, in sidecar mode).
+func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gatherer, m *metrics.Metrics, sup *workers.Supervisor, extra ...health.Check) (*admin, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin server: %w", err)
@@ -49,7 +50,7 @@ func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gathe
 		}
 		return err
 	}))
-	ready := health.NewProbe("readyz",
+	checks := append([]health.Check{
 		health.NamedCheck("workers", func(r *http.Request) error { return a.workersReady(r.Context(), sup, minReady) }),
 		health.NamedCheck("draining", func(*http.Request) error {
 			if a.draining.Load() {
@@ -58,7 +59,8 @@ func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gathe
 			return nil
 		}),
 		health.NamedCheck("config", func(*http.Request) error { return nil }), // parsed before start
-	)
+	}, extra...)
+	ready := health.NewProbe("readyz", checks...)
 	ready.OnResult = m.SetReady
 	m.SetReadiness(func() bool {
 		r, _ := http.NewRequest(http.MethodGet, "/readyz", nil)

@@ -31,6 +31,8 @@ type config struct {
 	shutdown     time.Duration // --shutdown-delay
 	command      []string      // empty: the built-in hello worker
 	proxy        *proxy.Config // --upstream: built-in proxy workers; nil: none
+	// upstreamReadyPath is what the upstream readiness check GETs ("": it dials).
+	upstreamReadyPath string
 }
 
 // listFlag is a repeatable flag whose default is replaced by the first Set.
@@ -218,6 +220,7 @@ Examples:
   sidecar --workers 4 -- node server.js  # cluster an unmodified Node.js app
   sidecar --listen 127.0.0.1:0 --schedule shared -- ./my-go-worker
   sidecar --upstream http://127.0.0.1:3000  # proxy workers in front of an app
+  sidecar --upstream tcp://127.0.0.1:5432   # L4 pass-through (e.g. a database)
 
 Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits 1 at once).
 `)

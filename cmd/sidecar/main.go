@@ -109,7 +109,11 @@ func newApp(cfg *config) (*app, error) {
 		gatherer := prometheus.Gatherers{reg, &metrics.WorkerGatherer{
 			Workers: sup.Workers, Timeout: workerMetricsTimeout, Reserved: metrics.Reserved(reg), // before Run: no worker is asked
 		}}
-		if m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, cfg.minReady, gatherer, m.metrics, sup); err != nil {
+		checks, err := upstreamChecks(cfg)
+		if err == nil {
+			m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, cfg.minReady, gatherer, m.metrics, sup, checks...)
+		}
+		if err != nil {
 			m.acc.Close()
 			return nil, err
 		}

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"time"
 
+	"github.com/sidecar-project/sidecar/pkg/health"
 	"github.com/sidecar-project/sidecar/pkg/proxy"
 )
 
@@ -20,21 +22,28 @@ type proxyFlags struct {
 	clientIdle       *time.Duration
 	upstreamDial     *time.Duration
 	upstreamResponse *time.Duration
+	tcpIdle          *time.Duration
+	readyPath        *string
 }
 
 func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
 	return &proxyFlags{
-		upstream:         fs.String("upstream", "", "`URL` of the app the built-in reverse-proxy workers forward to: http://host:port or unix:/path"),
+		upstream:         fs.String("upstream", "", "`URL` of the app the built-in reverse-proxy workers forward to: http://host:port, unix:/path or tcp://host:port (L4 pass-through)"),
 		clientHeader:     fs.Duration("client-header-timeout", proxy.DefaultClientHeaderTimeout, "with --upstream: a client's request headers must arrive within this (slowloris defence)"),
 		clientIdle:       fs.Duration("client-idle-timeout", proxy.DefaultClientIdleTimeout, "with --upstream: a client keep-alive connection idle this long is closed"),
 		upstreamDial:     fs.Duration("upstream-dial-timeout", proxy.DefaultUpstreamDialTimeout, "with --upstream: connecting to the upstream longer than this is a 504"),
 		upstreamResponse: fs.Duration("upstream-response-timeout", proxy.DefaultUpstreamResponseTimeout, "with --upstream: waiting longer than this for the upstream's response headers is a 504"),
+		tcpIdle:          fs.Duration("tcp-idle-timeout", proxy.DefaultTCPIdleTimeout, "with --upstream tcp://: a connection with no bytes either way this long is closed"),
+		readyPath:        fs.String("upstream-ready-path", "", "with --upstream http:// or unix:, the `PATH` /readyz GETs on the upstream (2xx/3xx is ready); without it, /readyz only dials the upstream"),
 	}
 }
 
 // apply validates the proxy flags and sets c.proxy (nil without --upstream).
 func (f *proxyFlags) apply(c *config) error {
 	if *f.upstream == "" {
+		if *f.readyPath != "" {
+			return usageError{"--upstream-ready-path needs --upstream"}
+		}
 		return nil
 	}
 	if len(c.command) > 0 {
@@ -43,9 +52,13 @@ func (f *proxyFlags) apply(c *config) error {
 	if _, err := proxy.ParseUpstream(*f.upstream); err != nil {
 		return usageError{"--" + err.Error()}
 	}
+	if _, err := proxy.NewReadiness(*f.upstream, *f.readyPath, 0); err != nil {
+		return usageError{"--upstream-ready-path: " + err.Error()}
+	}
 	for name, d := range map[string]time.Duration{
 		"client-header-timeout": *f.clientHeader, "client-idle-timeout": *f.clientIdle,
 		"upstream-dial-timeout": *f.upstreamDial, "upstream-response-timeout": *f.upstreamResponse,
+		"tcp-idle-timeout": *f.tcpIdle,
 	} {
 		if d <= 0 {
 			return usageError{fmt.Sprintf("--%s must be positive, got %v", name, d)}
@@ -55,8 +68,23 @@ func (f *proxyFlags) apply(c *config) error {
 		Upstream:            *f.upstream,
 		ClientHeaderTimeout: *f.clientHeader, ClientIdleTimeout: *f.clientIdle,
 		UpstreamDialTimeout: *f.upstreamDial, UpstreamResponseTimeout: *f.upstreamResponse,
+		TCPIdleTimeout: *f.tcpIdle,
 	}
+	c.upstreamReadyPath = *f.readyPath
 	return nil
+}
+
+// upstreamChecks are the master's readiness checks of the upstream: with
+// --upstream, "upstream" (a GET of --upstream-ready-path, or a dial).
+func upstreamChecks(cfg *config) ([]health.Check, error) {
+	if cfg.proxy == nil {
+		return nil, nil
+	}
+	rc, err := proxy.NewReadiness(cfg.proxy.Upstream, cfg.upstreamReadyPath, 0)
+	if err != nil {
+		return nil, err
+	}
+	return []health.Check{health.NamedCheck("upstream", func(r *http.Request) error { return rc.Check(r.Context()) })}, nil
 }
 
 // builtinKind is the built-in worker the master runs without a command.

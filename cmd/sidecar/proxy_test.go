@@ -111,11 +111,14 @@ func TestProxyBadUpstream(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--upstream", "tcp://127.0.0.1:5432"}, "tcp:// upstreams (L4 pass-through) are not supported yet"},
-		{[]string{"--upstream", "127.0.0.1:3000"}, `--upstream "127.0.0.1:3000": want http://host:port or unix:/path`},
+		{[]string{"--upstream", "tcp://127.0.0.1"}, `--upstream "tcp://127.0.0.1": want tcp://host:port`},
+		{[]string{"--upstream", "127.0.0.1:3000"}, `--upstream "127.0.0.1:3000": want http://host:port, unix:/path or tcp://host:port`},
 		{[]string{"--upstream", "https://app:443"}, "https upstreams are not supported yet"},
 		{[]string{"--upstream", "http://app:3000", "--", "node"}, "--upstream and a worker command cannot be combined"},
 		{[]string{"--upstream", "http://app:3000", "--upstream-dial-timeout", "0s"}, "--upstream-dial-timeout must be positive"},
+		{[]string{"--upstream", "tcp://db:5432", "--tcp-idle-timeout", "-1s"}, "--tcp-idle-timeout must be positive"},
+		{[]string{"--upstream-ready-path", "/healthz"}, "--upstream-ready-path needs --upstream"},
+		{[]string{"--upstream", "http://app:3000", "--upstream-ready-path", "healthz"}, `--upstream-ready-path: upstream ready path "healthz": want /path[?query]`},
 	} {
 		t.Run(tc.args[1], func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], append([]string{"--listen", "127.0.0.1:0", "--admin-addr", ""}, tc.args...)...)
@@ -142,6 +145,7 @@ func TestHelpListsProxyFlags(t *testing.T) {
 	for _, want := range []string{
 		"--upstream URL", "$SIDECAR_UPSTREAM]", "$SIDECAR_CLIENT_HEADER_TIMEOUT", "$SIDECAR_CLIENT_IDLE_TIMEOUT",
 		"$SIDECAR_UPSTREAM_DIAL_TIMEOUT", "$SIDECAR_UPSTREAM_RESPONSE_TIMEOUT", "sidecar --upstream http://127.0.0.1:3000",
+		"$SIDECAR_TCP_IDLE_TIMEOUT", "--upstream-ready-path PATH", "$SIDECAR_UPSTREAM_READY_PATH", "sidecar --upstream tcp://",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("--help lacks %q", want)

@@ -11,8 +11,8 @@ import (
 
 // Config is what a proxy worker needs. Zero durations take the defaults.
 type Config struct {
-	// Upstream is http://host:port[/base] or unix:/path (HTTP over a Unix
-	// socket).
+	// Upstream is http://host:port[/base], unix:/path (HTTP over a Unix
+	// socket) or tcp://host:port (L4 pass-through).
 	Upstream string `json:"upstream"`
 	// ClientHeaderTimeout bounds reading a request's headers (slowloris).
 	ClientHeaderTimeout time.Duration `json:"clientHeaderTimeout,omitempty"`
@@ -25,6 +25,9 @@ type Config struct {
 	UpstreamResponseTimeout time.Duration `json:"upstreamResponseTimeout,omitempty"`
 	// UpstreamIdleTimeout closes a pooled upstream connection idle this long.
 	UpstreamIdleTimeout time.Duration `json:"upstreamIdleTimeout,omitempty"`
+	// TCPIdleTimeout closes a tcp:// pass-through connection that carried
+	// no byte either way this long.
+	TCPIdleTimeout time.Duration `json:"tcpIdleTimeout,omitempty"`
 }
 
 // The defaults for zero Config durations.
@@ -34,6 +37,7 @@ const (
 	DefaultUpstreamDialTimeout     = 5 * time.Second
 	DefaultUpstreamResponseTimeout = 60 * time.Second
 	DefaultUpstreamIdleTimeout     = 4 * time.Second
+	DefaultTCPIdleTimeout          = 5 * time.Minute
 )
 
 func (c Config) withDefaults() Config {
@@ -46,6 +50,7 @@ func (c Config) withDefaults() Config {
 		{&c.UpstreamDialTimeout, DefaultUpstreamDialTimeout},
 		{&c.UpstreamResponseTimeout, DefaultUpstreamResponseTimeout},
 		{&c.UpstreamIdleTimeout, DefaultUpstreamIdleTimeout},
+		{&c.TCPIdleTimeout, DefaultTCPIdleTimeout},
 	} {
 		if *d.v == 0 {
 			*d.v = d.def
@@ -62,7 +67,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"client header timeout": c.ClientHeaderTimeout, "client idle timeout": c.ClientIdleTimeout,
 		"upstream dial timeout": c.UpstreamDialTimeout, "upstream response timeout": c.UpstreamResponseTimeout,
-		"upstream idle timeout": c.UpstreamIdleTimeout,
+		"upstream idle timeout": c.UpstreamIdleTimeout, "tcp idle timeout": c.TCPIdleTimeout,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%s must not be negative, got %v", name, d)
@@ -76,20 +81,18 @@ type Upstream struct {
 	Name    string   // as given, for messages and logs
 	Network string   // "tcp" or "unix"
 	Address string   // host:port or the socket path
-	URL     *url.URL // where requests go: scheme, host (a placeholder for unix), base path
+	URL     *url.URL // where requests go: scheme, host (a placeholder for unix), base path; nil for L4
+	L4      bool     // tcp://: bytes pass through, no HTTP
 }
 
-// ErrTCPNotSupported is returned for tcp:// upstreams (L4 pass-through).
-var ErrTCPNotSupported = errors.New("tcp:// upstreams (L4 pass-through) are not supported yet")
-
-// ParseUpstream reads http://host:port[/base] or unix:/path.
+// ParseUpstream reads http://host:port[/base], unix:/path or tcp://host:port.
 func ParseUpstream(s string) (Upstream, error) {
 	bad := func(format string, a ...any) (Upstream, error) {
 		return Upstream{}, fmt.Errorf("upstream %q: %s", s, fmt.Sprintf(format, a...))
 	}
 	switch {
 	case s == "":
-		return Upstream{}, errors.New("upstream: empty (want http://host:port or unix:/path)")
+		return Upstream{}, errors.New("upstream: empty (want http://host:port, unix:/path or tcp://host:port)")
 	case strings.HasPrefix(s, "unix:"):
 		path := strings.TrimPrefix(s, "unix:")
 		if path == "" {
@@ -97,17 +100,17 @@ func ParseUpstream(s string) (Upstream, error) {
 		}
 		return Upstream{Name: s, Network: "unix", Address: path, URL: &url.URL{Scheme: "http", Host: "upstream"}}, nil
 	case strings.HasPrefix(s, "tcp://"):
-		return Upstream{}, fmt.Errorf("upstream %q: %w", s, ErrTCPNotSupported)
+		return parseTCP(s)
 	}
 	u, err := url.Parse(s)
 	if err != nil || !strings.Contains(s, "://") {
-		return bad("want http://host:port or unix:/path")
+		return bad("want http://host:port, unix:/path or tcp://host:port")
 	}
 	switch {
 	case u.Scheme == "https":
 		return bad("https upstreams are not supported yet")
 	case u.Scheme != "http":
-		return bad("want http://host:port or unix:/path")
+		return bad("want http://host:port, unix:/path or tcp://host:port")
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
 		return bad("no user, query or fragment allowed")
 	case u.Hostname() == "":
@@ -118,4 +121,14 @@ func ParseUpstream(s string) (Upstream, error) {
 		port = "80"
 	}
 	return Upstream{Name: s, Network: "tcp", Address: net.JoinHostPort(u.Hostname(), port), URL: u}, nil
+}
+
+// parseTCP reads tcp://host:port (nothing else: no path, user or query).
+func parseTCP(s string) (Upstream, error) {
+	hostport := strings.TrimPrefix(s, "tcp://")
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || host == "" || port == "" || strings.ContainsAny(hostport, "/?#@") {
+		return Upstream{}, fmt.Errorf("upstream %q: want tcp://host:port", s)
+	}
+	return Upstream{Name: s, Network: "tcp", Address: net.JoinHostPort(host, port), L4: true}, nil
 }

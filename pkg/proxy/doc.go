@@ -27,6 +27,17 @@
 // Upstream connections are closed after UpstreamIdleTimeout (4s by default),
 // before Node.js's 5s keepAliveTimeout would close them from the other side.
 //
+// With a tcp:// upstream the worker is an L4 pass-through instead
+// (TCPProxy): each accepted connection gets its own upstream connection;
+// bytes are copied both ways by io.Copy between the sockets themselves (the
+// kernel's splice on Linux), an EOF is passed on as CloseWrite while the
+// other direction keeps flowing, and a connection silent both ways for
+// TCPIdleTimeout (checked every quarter of it) is closed. A failed dial
+// closes the client's connection and is counted like an HTTP one.
+//
+// Readiness checks the upstream for the master's /readyz: a GET of a path,
+// or a dial.
+//
 // This is httputil.ReverseProxy with a tuned transport: correct first. The
 // faster path that the nginx comparison needs is later work.
 package proxy

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -27,9 +26,13 @@ func TestParseUpstream(t *testing.T) {
 		{in: "http://app", network: "tcp", address: "app:80"},
 		{in: "http://[::1]:3000/base", network: "tcp", address: "[::1]:3000"},
 		{in: "unix:/run/app.sock", network: "unix", address: "/run/app.sock"},
-		{in: "tcp://127.0.0.1:5432", err: "not supported yet"},
+		{in: "tcp://127.0.0.1:5432", network: "tcp", address: "127.0.0.1:5432"},
+		{in: "tcp://[::1]:5432", network: "tcp", address: "[::1]:5432"},
+		{in: "tcp://db", err: "want tcp://host:port"},
+		{in: "tcp://db:5432/x", err: "want tcp://host:port"},
+		{in: "tcp://:5432", err: "want tcp://host:port"},
 		{in: "https://x:1", err: "https upstreams are not supported yet"},
-		{in: "ftp://x:1", err: "want http://host:port or unix:/path"},
+		{in: "ftp://x:1", err: "want http://host:port, unix:/path or tcp://host:port"},
 		{in: "unix:", err: "no socket path"},
 		{in: "http://:3000", err: "no host"},
 		{in: "http://u:p@x:1", err: "no user"},
@@ -47,8 +50,8 @@ func TestParseUpstream(t *testing.T) {
 			t.Errorf("%q: got %+v, %v; want %s %s", tc.in, u, err, tc.network, tc.address)
 		}
 	}
-	if _, err := ParseUpstream("tcp://x:1"); !errors.Is(err, ErrTCPNotSupported) {
-		t.Errorf("tcp:// error %v is not ErrTCPNotSupported", err)
+	if u, _ := ParseUpstream("tcp://x:1"); !u.L4 || u.URL != nil {
+		t.Errorf("tcp://x:1 parsed as %+v, want L4 without a URL", u)
 	}
 }
 

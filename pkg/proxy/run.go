@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/sidecar-project/sidecar/pkg/cluster"
@@ -28,16 +29,13 @@ func Run(cfg Config, addresses []string) error {
 	if len(addresses) == 0 {
 		return errors.New("proxy: no address to listen on")
 	}
-	p, err := New(cfg, w.Registry())
+	fe, err := newFrontend(cfg, w.Registry())
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
-	srv := p.Server()
 	drained := make(chan struct{})
 	w.OnDisconnect(func() {
-		srv.Shutdown(context.Background())
-		p.WaitTunnels(context.Background())
-		p.CloseIdleConnections()
+		fe.Shutdown(context.Background())
 		close(drained)
 	})
 	served := make(chan error, len(addresses))
@@ -46,7 +44,7 @@ func Run(cfg Config, addresses []string) error {
 		if err != nil {
 			return fmt.Errorf("proxy: listen on %s: %w", a, err)
 		}
-		go func() { served <- srv.Serve(ln) }()
+		go func() { served <- fe.Serve(ln) }()
 	}
 	klog.V(2).InfoS("Proxying", "worker", w.ID(), "upstream", cfg.Upstream, "addresses", addresses)
 	select {
@@ -58,6 +56,39 @@ func Run(cfg Config, addresses []string) error {
 	case <-drained:
 	}
 	return nil
+}
+
+// frontend serves clients on listeners: the HTTP proxy or the L4
+// pass-through.
+type frontend interface {
+	Serve(ln net.Listener) error
+	// Shutdown stops accepting and waits for what is in flight.
+	Shutdown(ctx context.Context) error
+}
+
+func newFrontend(cfg Config, reg prometheus.Registerer) (frontend, error) {
+	if up, err := ParseUpstream(cfg.Upstream); err == nil && up.L4 {
+		return NewTCP(cfg, reg)
+	}
+	p, err := New(cfg, reg)
+	if err != nil {
+		return nil, err
+	}
+	return &httpFrontend{Server: p.Server(), proxy: p}, nil
+}
+
+// httpFrontend is the HTTP proxy's server; its Shutdown also waits for
+// upgraded connections and closes the upstream pool.
+type httpFrontend struct {
+	*http.Server
+	proxy *Proxy
+}
+
+func (f *httpFrontend) Shutdown(ctx context.Context) error {
+	err := f.Server.Shutdown(ctx)
+	f.proxy.WaitTunnels(ctx)
+	f.proxy.CloseIdleConnections()
+	return err
 }
 
 func listen(w *cluster.Worker, a string) (net.Listener, error) {

@@ -1,0 +1,268 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// startTCPUpstream serves each connection to 127.0.0.1:0 with handle until
+// the test ends; it returns the address.
+func startTCPUpstream(t *testing.T, handle func(c *net.TCPConn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c.(*net.TCPConn))
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// echo sends back what it reads and passes the EOF on.
+func echo(c *net.TCPConn) {
+	io.Copy(c, c)
+	c.CloseWrite()
+}
+
+// startTCP serves a TCPProxy for cfg on 127.0.0.1:0 until the test ends and
+// returns it with its address.
+func startTCP(t *testing.T, cfg Config) (*TCPProxy, string) {
+	t.Helper()
+	p, err := NewTCP(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := p.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		<-served
+	})
+	return p, ln.Addr().String()
+}
+
+func dialTCP(t *testing.T, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second)) // a broken test fails instead of hanging
+	return c.(*net.TCPConn)
+}
+
+func TestTCPBytesRoundTrip(t *testing.T) {
+	p, addr := startTCP(t, Config{Upstream: "tcp://" + startTCPUpstream(t, echo)})
+	c := dialTCP(t, addr)
+	io.WriteString(c, "ping")
+	if b := make([]byte, 4); !readFull(c, b) || string(b) != "ping" {
+		t.Fatalf("first exchange: %q", b)
+	}
+	if n := testutil.ToFloat64(p.metrics.active); n != 1 {
+		t.Errorf("active connections %v while one is open, want 1", n)
+	}
+	sent := make([]byte, 4<<20)
+	rand.Read(sent)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(sent)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		wrote <- err
+	}()
+	got, err := io.ReadAll(c) // until the upstream's EOF, passed on
+	if err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, sent) {
+		t.Fatalf("got %d bytes back, not the %d sent", len(got), len(sent))
+	}
+	waitFor(t, "the connection to be counted closed", 5*time.Second, func() bool {
+		return testutil.ToFloat64(p.metrics.active) == 0
+	})
+}
+
+// TestTCPHalfClose: the client's EOF reaches the upstream, whose reply
+// still reaches the client; and the other way round.
+func TestTCPHalfClose(t *testing.T) {
+	up := startTCPUpstream(t, func(c *net.TCPConn) {
+		b, _ := io.ReadAll(c) // until the client's EOF
+		fmt.Fprintf(c, "read %q", b)
+	})
+	_, addr := startTCP(t, Config{Upstream: "tcp://" + up})
+	c := dialTCP(t, addr)
+	io.WriteString(c, "hello")
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := io.ReadAll(c)
+	if err != nil || string(reply) != `read "hello"` {
+		t.Fatalf("reply after half-close: %q, %v", reply, err)
+	}
+
+	// The upstream speaks first and half-closes; the client answers.
+	answered := make(chan string, 1)
+	up = startTCPUpstream(t, func(c *net.TCPConn) {
+		io.WriteString(c, "greeting")
+		c.CloseWrite()
+		b, _ := io.ReadAll(c)
+		answered <- string(b)
+	})
+	_, addr = startTCP(t, Config{Upstream: "tcp://" + up})
+	c = dialTCP(t, addr)
+	if b, err := io.ReadAll(c); err != nil || string(b) != "greeting" {
+		t.Fatalf("greeting: %q, %v", b, err)
+	}
+	io.WriteString(c, "answer after EOF")
+	c.CloseWrite()
+	select {
+	case a := <-answered:
+		if a != "answer after EOF" {
+			t.Fatalf("upstream read %q", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream never read the client's answer")
+	}
+}
+
+func TestTCPUpstreamDownClosesTheClient(t *testing.T) {
+	p, addr := startTCP(t, Config{Upstream: "tcp://" + closedPort(t)})
+	c := dialTCP(t, addr)
+	start := time.Now()
+	b, err := io.ReadAll(c)
+	if len(b) != 0 {
+		t.Fatalf("read %q from a connection to nothing", b)
+	}
+	if err != nil && !isReset(err) {
+		t.Fatalf("want EOF or a reset, got %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %v", d)
+	}
+	waitFor(t, "the refused dial to be counted", 5*time.Second, func() bool {
+		return testutil.ToFloat64(p.metrics.upstream.WithLabelValues(errRefused)) == 1
+	})
+}
+
+func readFull(r io.Reader, b []byte) bool {
+	_, err := io.ReadFull(r, b)
+	return err == nil
+}
+
+func isReset(err error) bool {
+	return err != nil && bytes.Contains([]byte(err.Error()), []byte("connection reset"))
+}
+
+func TestTCPIdleTimeout(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	_, addr := startTCP(t, Config{Upstream: "tcp://" + startTCPUpstream(t, echo), TCPIdleTimeout: idle})
+
+	// A connection that keeps talking (a byte every idle/4) stays open.
+	busy := dialTCP(t, addr)
+	tick := time.NewTicker(idle / 4)
+	defer tick.Stop()
+	buf := make([]byte, 1)
+	for range 12 { // 3×idle
+		<-tick.C
+		if _, err := busy.Write([]byte{'x'}); err != nil {
+			t.Fatalf("busy connection write: %v", err)
+		}
+		if _, err := io.ReadFull(busy, buf); err != nil {
+			t.Fatalf("busy connection closed: %v", err)
+		}
+	}
+
+	// One that says nothing after its first exchange is closed.
+	c := dialTCP(t, addr)
+	c.Write([]byte{'x'})
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	b, err := io.ReadAll(c)
+	if len(b) != 0 || err != nil && !isReset(err) {
+		t.Fatalf("idle connection: read %q, %v; want it closed", b, err)
+	}
+	if d := time.Since(start); d < idle-idle/4 || d > 5*idle {
+		t.Fatalf("idle connection closed after %v, want about %v", d, idle)
+	}
+}
+
+func TestTCPShutdownWaitsForConnections(t *testing.T) {
+	p, err := NewTCP(Config{Upstream: "tcp://" + startTCPUpstream(t, echo)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+	c := dialTCP(t, ln.Addr().String())
+	io.WriteString(c, "ping")
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	shut := make(chan error, 1)
+	go func() { shut <- p.Shutdown(context.Background()) }()
+	select {
+	case err := <-served:
+		if err != net.ErrClosed {
+			t.Fatalf("Serve returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve still accepting after Shutdown")
+	}
+	io.WriteString(c, "pong") // the open connection still works
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "pong" {
+		t.Fatalf("after Shutdown: %q, %v", buf, err)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a connection open", err)
+	default:
+	}
+	c.CloseWrite()
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return once the connection ended")
+	}
+}
