@@ -20,6 +20,7 @@ type proxyFlags struct {
 	clientIdle       *time.Duration
 	upstreamDial     *time.Duration
 	upstreamResponse *time.Duration
+	fast             *bool
 }
 
 func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
@@ -29,6 +30,7 @@ func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
 		clientIdle:       fs.Duration("client-idle-timeout", proxy.DefaultClientIdleTimeout, "with --upstream: a client keep-alive connection idle this long is closed"),
 		upstreamDial:     fs.Duration("upstream-dial-timeout", proxy.DefaultUpstreamDialTimeout, "with --upstream: connecting to the upstream longer than this is a 504"),
 		upstreamResponse: fs.Duration("upstream-response-timeout", proxy.DefaultUpstreamResponseTimeout, "with --upstream: waiting longer than this for the upstream's response headers is a 504"),
+		fast:             fs.Bool("proxy-fast", true, "with --upstream: serve plain HTTP/1.1 requests on the fast path (one goroutine per client connection); false: net/http's ReverseProxy for everything"),
 	}
 }
 
@@ -55,6 +57,7 @@ func (f *proxyFlags) apply(c *config) error {
 		Upstream:            *f.upstream,
 		ClientHeaderTimeout: *f.clientHeader, ClientIdleTimeout: *f.clientIdle,
 		UpstreamDialTimeout: *f.upstreamDial, UpstreamResponseTimeout: *f.upstreamResponse,
+		Fast: *f.fast,
 	}
 	return nil
 }

@@ -25,6 +25,10 @@ type Config struct {
 	UpstreamResponseTimeout time.Duration `json:"upstreamResponseTimeout,omitempty"`
 	// UpstreamIdleTimeout closes a pooled upstream connection idle this long.
 	UpstreamIdleTimeout time.Duration `json:"upstreamIdleTimeout,omitempty"`
+	// Fast serves plain HTTP/1.1 requests on the fast path (FastServer):
+	// one goroutine per client connection, no net/http per request; the
+	// rest goes to the ReverseProxy server.
+	Fast bool `json:"fast,omitempty"`
 }
 
 // The defaults for zero Config durations.

@@ -32,7 +32,7 @@ func Run(cfg Config, addresses []string) error {
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
-	srv := p.Server()
+	srv := p.NewService()
 	drained := make(chan struct{})
 	w.OnDisconnect(func() {
 		srv.Shutdown(context.Background())
