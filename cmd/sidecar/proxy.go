@@ -24,6 +24,7 @@ type proxyFlags struct {
 	upstreamResponse *time.Duration
 	tcpIdle          *time.Duration
 	readyPath        *string
+	fast             *bool
 }
 
 func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
@@ -35,6 +36,7 @@ func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
 		upstreamResponse: fs.Duration("upstream-response-timeout", proxy.DefaultUpstreamResponseTimeout, "with --upstream: waiting longer than this for the upstream's response headers is a 504"),
 		tcpIdle:          fs.Duration("tcp-idle-timeout", proxy.DefaultTCPIdleTimeout, "with --upstream tcp://: a connection with no bytes either way this long is closed"),
 		readyPath:        fs.String("upstream-ready-path", "", "with --upstream http:// or unix:, the `PATH` /readyz GETs on the upstream (2xx/3xx is ready); without it, /readyz only dials the upstream"),
+		fast:             fs.Bool("proxy-fast", true, "with --upstream: serve plain HTTP/1.1 requests on the fast path (one goroutine per client connection); false: net/http's ReverseProxy for everything"),
 	}
 }
 
@@ -69,6 +71,7 @@ func (f *proxyFlags) apply(c *config) error {
 		ClientHeaderTimeout: *f.clientHeader, ClientIdleTimeout: *f.clientIdle,
 		UpstreamDialTimeout: *f.upstreamDial, UpstreamResponseTimeout: *f.upstreamResponse,
 		TCPIdleTimeout: *f.tcpIdle,
+		Fast:           *f.fast,
 	}
 	c.upstreamReadyPath = *f.readyPath
 	return nil

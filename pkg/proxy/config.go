@@ -28,6 +28,10 @@ type Config struct {
 	// TCPIdleTimeout closes a tcp:// pass-through connection that carried
 	// no byte either way this long.
 	TCPIdleTimeout time.Duration `json:"tcpIdleTimeout,omitempty"`
+	// Fast serves plain HTTP/1.1 requests on the fast path (FastServer):
+	// one goroutine per client connection, no net/http per request; the
+	// rest goes to the ReverseProxy server.
+	Fast bool `json:"fast,omitempty"`
 }
 
 // The defaults for zero Config durations.

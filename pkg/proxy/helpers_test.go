@@ -18,10 +18,14 @@ type proxyUnderTest struct {
 	reg *prometheus.Registry
 }
 
+// lastFast is the FastServer startProxy made last (fast mode).
+var lastFast *FastServer
+
 // startProxy serves a Proxy for cfg on 127.0.0.1:0 until the test ends.
 func startProxy(t *testing.T, cfg Config) *proxyUnderTest {
 	t.Helper()
 	reg := prometheus.NewRegistry()
+	cfg.Fast = fastMode
 	p, err := New(cfg, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -30,8 +34,14 @@ func startProxy(t *testing.T, cfg Config) *proxyUnderTest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := p.Server()
-	srv.ErrorLog = nil
+	srv := p.NewService()
+	switch s := srv.(type) {
+	case *http.Server:
+		s.ErrorLog = nil
+	case *FastServer:
+		s.Fallback.ErrorLog = nil
+		lastFast = s
+	}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)

@@ -23,6 +23,7 @@ type Proxy struct {
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
 	metrics   *metrics
+	pool      *upPool        // the fast path's upstream connections
 	tunnels   sync.WaitGroup // upgraded connections, which Server.Shutdown does not wait for
 }
 
@@ -34,7 +35,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Proxy, error) {
 	}
 	cfg = cfg.withDefaults()
 	up, _ := ParseUpstream(cfg.Upstream)
-	p := &Proxy{cfg: cfg, upstream: up, metrics: newMetrics(reg)}
+	p := &Proxy{cfg: cfg, upstream: up, metrics: newMetrics(reg), pool: newUpPool(up, cfg)}
 	dialer := &net.Dialer{Timeout: cfg.UpstreamDialTimeout, KeepAlive: 30 * time.Second}
 	p.transport = &http.Transport{
 		Proxy: nil, // never HTTP_PROXY from the environment
@@ -118,7 +119,10 @@ func classify(err error) (kind string, code int, what string) {
 }
 
 // CloseIdleConnections closes the pooled upstream connections not in use.
-func (p *Proxy) CloseIdleConnections() { p.transport.CloseIdleConnections() }
+func (p *Proxy) CloseIdleConnections() {
+	p.transport.CloseIdleConnections()
+	p.pool.closeIdle()
+}
 
 // Server is an http.Server for p with the client timeouts, counting
 // client connections.

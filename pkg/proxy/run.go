@@ -74,18 +74,19 @@ func newFrontend(cfg Config, reg prometheus.Registerer) (frontend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &httpFrontend{Server: p.Server(), proxy: p}, nil
+	return &httpFrontend{Service: p.NewService(), proxy: p}, nil
 }
 
-// httpFrontend is the HTTP proxy's server; its Shutdown also waits for
-// upgraded connections and closes the upstream pool.
+// httpFrontend is the HTTP proxy's service (the fast path, or
+// ReverseProxy); its Shutdown also waits for upgraded connections and
+// closes the upstream pool.
 type httpFrontend struct {
-	*http.Server
+	Service
 	proxy *Proxy
 }
 
 func (f *httpFrontend) Shutdown(ctx context.Context) error {
-	err := f.Server.Shutdown(ctx)
+	err := f.Service.Shutdown(ctx)
 	f.proxy.WaitTunnels(ctx)
 	f.proxy.CloseIdleConnections()
 	return err
