@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -79,19 +78,10 @@ func lateWorker() int {
 }
 
 func serveSDK(h http.Handler) int {
-	ln, err := cluster.Listen("tcp", ":"+os.Getenv("PORT"))
-	if err != nil {
+	if err := cluster.Serve(&http.Server{Handler: h}, ":"+os.Getenv("PORT")); err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		return 1
 	}
-	srv := &http.Server{Handler: h}
-	done := make(chan struct{})
-	cluster.OnDisconnect(func() {
-		srv.Shutdown(context.Background())
-		close(done)
-	})
-	srv.Serve(ln)
-	<-done
 	return 0
 }
 

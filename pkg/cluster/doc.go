@@ -2,20 +2,15 @@
 // Node.js-compatible cluster primary). It is the worker side of the protocol
 // in pkg/ipc, the same one an unmodified Node.js worker speaks.
 //
-// A few lines turn an HTTP server into a worker:
+// Two lines turn an HTTP server into a worker:
 //
-//	ln, err := cluster.Listen("tcp", ":8080") // fed by the master under sidecar
 //	srv := &http.Server{Handler: h}
-//	drained := make(chan struct{})
-//	cluster.OnDisconnect(func() { srv.Shutdown(context.Background()); close(drained) })
-//	err = srv.Serve(ln)
-//	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
-//		<-drained // let the requests in flight finish before main returns
-//	}
+//	err := cluster.Serve(srv, ":8080") // fed by the master under sidecar
 //
-// A disconnect closes ln before the hooks run, so Serve may return
-// net.ErrClosed rather than http.ErrServerClosed: both are the normal end,
-// and Serve returns before Shutdown has finished, so wait for it.
+// Serve returns nil once the master has disconnected the worker and the
+// requests in flight have finished. For more control, Listen returns the
+// net.Listener the master feeds, and OnDisconnect runs hooks (such as
+// srv.Shutdown) when the master asks the worker to leave.
 //
 // Run outside a master (no NODE_UNIQUE_ID in the environment), Listen is
 // net.Listen and the program works on its own.

@@ -4,14 +4,10 @@
 package hello
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,40 +48,9 @@ func Run(addresses []string) error {
 	if w == nil {
 		return cluster.ErrNotWorker
 	}
-	if len(addresses) == 0 {
-		return errors.New("hello: no address to listen on")
-	}
 	srv := &http.Server{Handler: Handler(w.ID(), w.Registry()), ReadHeaderTimeout: 30 * time.Second}
-	drained := make(chan struct{})
-	w.OnDisconnect(func() {
-		srv.Shutdown(context.Background())
-		close(drained)
-	})
-	served := make(chan error, len(addresses))
-	for _, a := range addresses {
-		ln, err := listen(w, a)
-		if err != nil {
-			return fmt.Errorf("hello: listen on %s: %w", a, err)
-		}
-		go func() { served <- srv.Serve(ln) }()
-	}
-	select {
-	case err := <-served:
-		if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			return err
-		}
-		<-drained
-	case <-drained:
+	if err := w.ServeUntilDisconnect(srv, addresses); err != nil {
+		return fmt.Errorf("hello: %w", err)
 	}
 	return nil
-}
-
-func listen(w *cluster.Worker, a string) (net.Listener, error) {
-	switch {
-	case strings.HasPrefix(a, "unix:"):
-		return w.Listen("unix", strings.TrimPrefix(a, "unix:"))
-	case strings.HasPrefix(a, "fd:"):
-		return w.Listen("fd", strings.TrimPrefix(a, "fd:"))
-	}
-	return w.Listen("tcp", a)
 }

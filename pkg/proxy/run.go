@@ -2,11 +2,8 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -26,34 +23,13 @@ func Run(cfg Config, addresses []string) error {
 	if w == nil {
 		return cluster.ErrNotWorker
 	}
-	if len(addresses) == 0 {
-		return errors.New("proxy: no address to listen on")
-	}
 	fe, err := newFrontend(cfg, w.Registry())
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
-	drained := make(chan struct{})
-	w.OnDisconnect(func() {
-		fe.Shutdown(context.Background())
-		close(drained)
-	})
-	served := make(chan error, len(addresses))
-	for _, a := range addresses {
-		ln, err := listen(w, a)
-		if err != nil {
-			return fmt.Errorf("proxy: listen on %s: %w", a, err)
-		}
-		go func() { served <- fe.Serve(ln) }()
-	}
 	klog.V(2).InfoS("Proxying", "worker", w.ID(), "upstream", cfg.Upstream, "addresses", addresses)
-	select {
-	case err := <-served:
-		if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			return err
-		}
-		<-drained
-	case <-drained:
+	if err := w.ServeUntilDisconnect(fe, addresses); err != nil {
+		return fmt.Errorf("proxy: %w", err)
 	}
 	return nil
 }
@@ -90,14 +66,4 @@ func (f *httpFrontend) Shutdown(ctx context.Context) error {
 	f.proxy.WaitTunnels(ctx)
 	f.proxy.CloseIdleConnections()
 	return err
-}
-
-func listen(w *cluster.Worker, a string) (net.Listener, error) {
-	switch {
-	case strings.HasPrefix(a, "unix:"):
-		return w.Listen("unix", strings.TrimPrefix(a, "unix:"))
-	case strings.HasPrefix(a, "fd:"):
-		return w.Listen("fd", strings.TrimPrefix(a, "fd:"))
-	}
-	return w.Listen("tcp", a)
 }

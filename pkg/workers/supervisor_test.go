@@ -141,9 +141,9 @@ func TestGiveUpWhenEveryWorkerFails(t *testing.T) {
 			switch {
 			case e.reason == ReasonCrash:
 				crashes++
-			case e.reason == ReasonSignal && i == len(exits)-1:
+			case e.reason == ReasonVoluntary && i == len(exits)-1:
 				// A respawned worker still starting when Run gave up,
-				// killed on the way out.
+				// killed on the way out (an exit the master asked for).
 			default:
 				t.Errorf("slot %d exit %d: reason %q, want %q", slot, i, e.reason, ReasonCrash)
 			}

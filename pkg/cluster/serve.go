@@ -1,0 +1,87 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+)
+
+// Server is what ServeUntilDisconnect runs on each listener; *http.Server
+// is one.
+type Server interface {
+	Serve(ln net.Listener) error
+	// Shutdown stops accepting and waits for what is in flight.
+	Shutdown(ctx context.Context) error
+}
+
+// ListenAddress listens on an address as the master names its listeners:
+// "host:port", "unix:/path" or "fd:N".
+func (w *Worker) ListenAddress(a string) (net.Listener, error) {
+	switch {
+	case strings.HasPrefix(a, "unix:"):
+		return w.Listen("unix", strings.TrimPrefix(a, "unix:"))
+	case strings.HasPrefix(a, "fd:"):
+		return w.Listen("fd", strings.TrimPrefix(a, "fd:"))
+	}
+	return w.Listen("tcp", a)
+}
+
+// ServeUntilDisconnect serves srv on every address (see ListenAddress)
+// until the master disconnects the worker; then srv is shut down, what is
+// in flight finishes, and it returns nil. It returns an error when a listen
+// fails or srv stops serving on its own.
+func (w *Worker) ServeUntilDisconnect(srv Server, addresses []string) error {
+	if len(addresses) == 0 {
+		return errors.New("cluster: no address to listen on")
+	}
+	drained := make(chan struct{})
+	w.OnDisconnect(func() {
+		srv.Shutdown(context.Background())
+		close(drained)
+	})
+	served := make(chan error, len(addresses))
+	for _, a := range addresses {
+		ln, err := w.ListenAddress(a)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", a, err)
+		}
+		go func() { served <- srv.Serve(ln) }()
+	}
+	select {
+	case err := <-served:
+		// A disconnect closes the listeners before the hooks run, so Serve
+		// may end with net.ErrClosed; both are the normal end.
+		if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		<-drained
+	case <-drained:
+	}
+	return nil
+}
+
+// Serve serves srv on address ("host:port", "unix:/path") until the master
+// disconnects this worker, then lets in-flight work finish and returns
+// nil (see Worker.ServeUntilDisconnect). Outside a master it listens itself
+// and serves until srv stops.
+func Serve(srv Server, address string) error {
+	w, err := Current()
+	if err != nil {
+		return err
+	}
+	if w != nil {
+		return w.ServeUntilDisconnect(srv, []string{address})
+	}
+	network := "tcp"
+	if path, ok := strings.CutPrefix(address, "unix:"); ok {
+		network, address = "unix", path
+	}
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ln)
+}
