@@ -87,15 +87,7 @@ func TestRefusedConnectionGoesToAnotherWorker(t *testing.T) {
 	r.addWorker(2, always(serveHTTP))
 
 	const total = 50
-	for i := 0; i < total; i++ {
-		body, err := get(r.addr)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		if body != "worker 2" {
-			t.Fatalf("request %d answered by %q, want worker 2", i, body)
-		}
-	}
+	allAnsweredBy(t, r.addr, total, "worker 2")
 	st := a.stats()
 	if st.refused == 0 || st.refused != st.newconns {
 		t.Errorf("refusing worker: %+v; want some newconns, all refused", st)
@@ -168,15 +160,7 @@ func TestWorkerDyingWithHandoffInFlight(t *testing.T) {
 	r.addWorker(2, always(serveHTTP))
 
 	const total = 10
-	for i := 0; i < total; i++ {
-		body, err := get(r.addr)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		if body != "worker 2" {
-			t.Fatalf("request %d answered by %q, want worker 2", i, body)
-		}
-	}
+	allAnsweredBy(t, r.addr, total, "worker 2")
 	if st := a.stats(); st.newconns != 1 {
 		t.Errorf("dying worker got %d newconns, want 1", st.newconns)
 	}
@@ -353,5 +337,20 @@ func TestDrainTimeout(t *testing.T) {
 		}
 	case <-time.After(waitTimeout):
 		t.Fatalf("no client saw its connection closed")
+	}
+}
+
+// allAnsweredBy does n sequential requests and fails unless every one is
+// answered by want.
+func allAnsweredBy(t *testing.T, addr string, n int, want string) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		body, err := get(addr)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if body != want {
+			t.Fatalf("request %d answered by %q, want %s", i, body, want)
+		}
 	}
 }

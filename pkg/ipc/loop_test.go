@@ -57,16 +57,7 @@ func serveOnLoop(t testing.TB, ch *Channel, h Handler) *served {
 // loopChannelPair is channelPair with the first Channel made for a loop.
 func loopChannelPair(t testing.TB) (*Channel, *Channel) {
 	t.Helper()
-	a, f, err := SocketpairForLoop()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := NewChannel(f)
-	if err != nil {
-		a.Close()
-		t.Fatal(err)
-	}
-	return a, b
+	return pairWith(t, SocketpairForLoop)
 }
 
 // A newconn from a loop channel: the peer gets the handle, the ACK releases

@@ -75,7 +75,13 @@ func (s *served) result(t testing.TB) error {
 // channelPair returns two Channels connected to each other.
 func channelPair(t testing.TB) (*Channel, *Channel) {
 	t.Helper()
-	a, f, err := Socketpair()
+	return pairWith(t, Socketpair)
+}
+
+// pairWith is channelPair with the first Channel made by socketpair.
+func pairWith(t testing.TB, socketpair func() (*Channel, *os.File, error)) (*Channel, *Channel) {
+	t.Helper()
+	a, f, err := socketpair()
 	if err != nil {
 		t.Fatal(err)
 	}
