@@ -25,6 +25,7 @@ type proxyFlags struct {
 	tcpIdle          *time.Duration
 	readyPath        *string
 	fast             *bool
+	loop             *bool
 }
 
 func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
@@ -36,7 +37,8 @@ func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
 		upstreamResponse: fs.Duration("upstream-response-timeout", proxy.DefaultUpstreamResponseTimeout, "with --upstream: waiting longer than this for the upstream's response headers is a 504"),
 		tcpIdle:          fs.Duration("tcp-idle-timeout", proxy.DefaultTCPIdleTimeout, "with --upstream tcp://: a connection with no bytes either way this long is closed"),
 		readyPath:        fs.String("upstream-ready-path", "", "with --upstream http:// or unix:, the `PATH` /readyz GETs on the upstream (2xx/3xx is ready); without it, /readyz only dials the upstream"),
-		fast:             fs.Bool("proxy-fast", true, "with --upstream: serve plain HTTP/1.1 requests on the fast path (one goroutine per client connection); false: net/http's ReverseProxy for everything"),
+		fast:             fs.Bool("proxy-fast", true, "with --upstream: serve plain HTTP/1.1 requests on the fast path; false: net/http's ReverseProxy for everything"),
+		loop:             fs.Bool("proxy-loop", true, "with --upstream and --proxy-fast: serve the common requests on one epoll event loop per worker; false: a goroutine per client connection"),
 	}
 }
 
@@ -72,6 +74,7 @@ func (f *proxyFlags) apply(c *config) error {
 		UpstreamDialTimeout: *f.upstreamDial, UpstreamResponseTimeout: *f.upstreamResponse,
 		TCPIdleTimeout: *f.tcpIdle,
 		Fast:           *f.fast,
+		Loop:           *f.loop,
 	}
 	c.upstreamReadyPath = *f.readyPath
 	return nil

@@ -32,6 +32,10 @@ type Config struct {
 	// one goroutine per client connection, no net/http per request; the
 	// rest goes to the ReverseProxy server.
 	Fast bool `json:"fast,omitempty"`
+	// Loop, with Fast, serves the fast path's common requests on one
+	// event loop per worker (epoll, raw system calls) rather than a
+	// goroutine per connection; the others still get their goroutine.
+	Loop bool `json:"loop,omitempty"`
 }
 
 // The defaults for zero Config durations.

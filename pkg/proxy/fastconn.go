@@ -340,20 +340,26 @@ func (fc *fastConn) exchange(req *request, pc *upConn) (code int, keep bool, err
 // fail answers a request that got no response from the upstream, as
 // Proxy.fail does; it returns the status.
 func (fc *fastConn) fail(req *request, err error) int {
-	p := fc.s.p
+	b, code := fc.s.p.failure(nil, req, err, req.length != 0 || req.close)
+	fc.bw.Write(b)
+	fc.record(code)
+	fc.bw.Flush()
+	return code
+}
+
+// failure logs and counts a request's upstream failure and appends the
+// response for the client to dst (with Connection: close if closing).
+func (p *Proxy) failure(dst []byte, req *request, err error, closing bool) ([]byte, int) {
 	kind, code, what := classify(err)
 	p.metrics.upstream.WithLabelValues(kind).Inc()
 	klog.ErrorS(err, "Upstream request failed", "upstream", p.upstream.Name, "kind", kind, "method", req.method, "path", string(req.path))
 	body := fmt.Sprintf("%d %s: upstream %s %s\n", code, http.StatusText(code), p.upstream.Name, what)
 	conn := ""
-	if req.length != 0 || req.close {
+	if closing {
 		conn = "Connection: close\r\n"
 	}
-	fmt.Fprintf(fc.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n%s\r\n%s",
-		code, http.StatusText(code), len(body), conn, body)
-	fc.record(code)
-	fc.bw.Flush()
-	return code
+	return fmt.Appendf(dst, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n%s\r\n%s",
+		code, http.StatusText(code), len(body), conn, body), code
 }
 
 // peekHead returns the buffered message head of br through its empty

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -49,6 +50,10 @@ type FastServer struct {
 	running  sync.WaitGroup // fast connections
 
 	handedOver atomic.Int64 // connections given to Fallback
+
+	loop     *loop        // the event loop, with Config.Loop
+	adopted  atomic.Int64 // connections the loop gave to fastConn goroutines
+	isClosed atomic.Bool  // Close was called
 }
 
 // FastServer is the fast-path server for p.
@@ -62,6 +67,15 @@ func (p *Proxy) FastServer() *FastServer {
 		defer close(s.served)
 		s.Fallback.Serve(s.handoff)
 	}()
+	if p.cfg.Loop {
+		l, err := newLoop(s)
+		if err != nil {
+			klog.ErrorS(err, "Proxy event loop unavailable; serving every connection on its own goroutine")
+		} else {
+			s.loop = l
+			go l.run()
+		}
+	}
 	return s
 }
 
@@ -96,6 +110,9 @@ func (s *FastServer) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
+		if s.loop != nil && s.toLoop(c) {
+			continue
+		}
 		fc := newFastConn(s, c)
 		s.mu.Lock()
 		if s.shutting.Load() {
@@ -109,6 +126,78 @@ func (s *FastServer) Serve(ln net.Listener) error {
 		s.p.metrics.active.Inc()
 		go fc.serve()
 	}
+}
+
+// toLoop gives a new connection to the event loop; false if it cannot
+// (c is then still open).
+func (s *FastServer) toLoop(c net.Conn) bool {
+	ip := ""
+	if host, _, err := net.SplitHostPort(c.RemoteAddr().String()); err == nil {
+		ip = host
+	}
+	if _, ok := c.(syscall.Conn); !ok {
+		return false
+	}
+	s.mu.Lock()
+	if s.shutting.Load() {
+		s.mu.Unlock()
+		c.Close()
+		return true
+	}
+	s.running.Add(1)
+	s.mu.Unlock()
+	s.p.metrics.active.Inc()
+	fd, err := detachFd(c)
+	if err != nil {
+		klog.ErrorS(err, "Cannot take a client connection's descriptor")
+		s.loopConnClosed()
+		return true
+	}
+	s.loop.post(loopMsg{kind: msgClient, fd: fd, ip: ip})
+	return true
+}
+
+// loopConnClosed is called once a connection given to the loop is closed.
+func (s *FastServer) loopConnClosed() {
+	s.p.metrics.active.Dec()
+	s.running.Done()
+}
+
+// adopt serves a connection the loop hands over (already counted) on a
+// fastConn goroutine, reading prefix first.
+func (s *FastServer) adopt(c net.Conn, prefix []byte) {
+	fc := newFastConn(s, &prefixConn{Conn: c, prefix: prefix})
+	s.mu.Lock()
+	s.conns[fc] = struct{}{}
+	s.mu.Unlock()
+	s.adopted.Add(1)
+	if s.isClosed.Load() {
+		c.Close()
+	}
+	go fc.serve()
+}
+
+// stopLoop closes the loop's connections and waits for it to return.
+func (s *FastServer) stopLoop() {
+	if s.loop != nil {
+		s.loop.post(loopMsg{kind: msgClose})
+		<-s.loop.done
+	}
+}
+
+// prefixConn reads prefix, then the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
 }
 
 // forget is called once a fast connection is closed or handed over.
@@ -143,7 +232,11 @@ func (s *FastServer) closeListeners() []*fastConn {
 // flight finish (each connection closes after its response), then shuts
 // the fallback server down; ctx bounds the wait.
 func (s *FastServer) Shutdown(ctx context.Context) error {
-	for _, fc := range s.closeListeners() {
+	conns := s.closeListeners()
+	if s.loop != nil {
+		s.loop.post(loopMsg{kind: msgShutdown})
+	}
+	for _, fc := range conns {
 		fc.closeIfIdle()
 	}
 	done := make(chan struct{})
@@ -154,8 +247,10 @@ func (s *FastServer) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
+		s.stopLoop()
 		return ctx.Err()
 	}
+	s.stopLoop()
 	err := s.Fallback.Shutdown(ctx)
 	<-s.served
 	return err
@@ -163,7 +258,16 @@ func (s *FastServer) Shutdown(ctx context.Context) error {
 
 // Close closes the listeners and every connection at once.
 func (s *FastServer) Close() error {
-	for _, fc := range s.closeListeners() {
+	s.isClosed.Store(true)
+	s.closeListeners()
+	s.stopLoop()
+	s.mu.Lock()
+	conns := make([]*fastConn, 0, len(s.conns)) // those the loop handed over included
+	for fc := range s.conns {
+		conns = append(conns, fc)
+	}
+	s.mu.Unlock()
+	for _, fc := range conns {
 		fc.c.Close()
 	}
 	err := s.Fallback.Close()

@@ -25,7 +25,7 @@ var lastFast *FastServer
 func startProxy(t *testing.T, cfg Config) *proxyUnderTest {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	cfg.Fast = fastMode
+	cfg.Fast, cfg.Loop = fastMode, loopMode
 	p, err := New(cfg, reg)
 	if err != nil {
 		t.Fatal(err)

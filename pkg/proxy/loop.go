@@ -1,0 +1,500 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// The event loop is the fast path's front: one goroutine per worker
+// serves every client connection and its upstream connections from one
+// epoll set, as nginx's workers do. It takes a request when its head, and
+// its body if it has one with a Content-Length, have arrived whole; the
+// response streams back whatever its size and framing. A connection whose
+// next request is anything else (a chunked or large body, Expect, Upgrade,
+// HTTP/1.0, a malformed or huge head) leaves the loop, with the bytes it
+// has read, for a fastConn goroutine, which serves it from then on (and
+// may pass it on to the ReverseProxy server).
+//
+// Why: on a small, busy machine the Go scheduler's hand-offs between
+// threads (a goroutine parking on every read, sysmon waking to retake Ps
+// from short system calls) cost a quarter of a goroutine-per-connection
+// proxy's CPU. The loop reads and writes its non-blocking sockets with raw
+// system calls, so the only scheduler work is the one epoll_wait when
+// nothing is ready. New connections arrive, and upstream connections are
+// dialled, on other goroutines (net.Dialer resolves names and applies the
+// dial timeout); their descriptors reach the loop through its inbox.
+//
+// Everything below runs on the loop's goroutine except post, dial and the
+// FastServer methods that call post.
+
+// loopMaxEvents is how many ready descriptors one epoll_wait returns.
+const loopMaxEvents = 256
+
+// loopYieldEvery: the loop passes through the scheduler this often when
+// it never blocks, so the runtime need not preempt it with a signal.
+const loopYieldEvery = 5 * time.Millisecond
+
+// Inbox message kinds.
+const (
+	msgClient   = iota // a new client connection: fd, ip
+	msgDialed          // an upstream connection for c (or the dial error)
+	msgShutdown        // close idle clients, and every client after its response
+	msgClose           // close everything and return
+)
+
+type loopMsg struct {
+	kind int
+	fd   int
+	ip   string
+	c    *loopClient
+	gen  uint64 // which dial of c
+	err  error
+}
+
+// loopItem is a client or upstream connection in the epoll set.
+type loopItem interface{ event(ev uint32) }
+
+type loop struct {
+	s      *FastServer
+	p      *Proxy
+	epfd   int
+	wakefd int
+	tick   time.Duration // how often deadlines are checked
+	done   chan struct{} // run returned
+
+	mu    sync.Mutex
+	inbox []loopMsg
+	woken bool // wakefd written since the loop last drained it
+	ended bool // run returned: post closes what it is given
+
+	// the loop's own
+	items    []loopItem // by token index
+	gens     []uint32   // by token index: bumped when an index is reused
+	free     []uint32   // free indexes
+	clients  map[*loopClient]struct{}
+	idle     []*loopUp // idle upstream connections, most recent last
+	bufs     [][]byte  // free client buffers
+	later    []*loopClient
+	now      time.Time
+	nextTick time.Time
+	nextDial uint64
+	shutting bool
+}
+
+// newLoop creates the loop; run serves it.
+func newLoop(s *FastServer) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	l := &loop{
+		s: s, p: s.p, epfd: epfd, wakefd: wakefd, done: make(chan struct{}),
+		clients: map[*loopClient]struct{}{},
+	}
+	cfg := s.p.cfg
+	l.tick = min(cfg.ClientHeaderTimeout, cfg.ClientIdleTimeout, cfg.UpstreamResponseTimeout, cfg.UpstreamIdleTimeout) / 4
+	l.tick = max(10*time.Millisecond, min(l.tick, 500*time.Millisecond))
+	// the eventfd is item 0
+	l.items, l.gens = []loopItem{nil}, []uint32{0}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return l, nil
+}
+
+// post gives the loop a message and wakes it. After the loop has ended,
+// the descriptor a message carries is closed.
+func (l *loop) post(m loopMsg) {
+	l.mu.Lock()
+	if l.ended {
+		l.mu.Unlock()
+		if m.kind == msgClient || m.kind == msgDialed && m.err == nil {
+			unix.Close(m.fd)
+			if m.kind == msgClient {
+				l.s.loopConnClosed()
+			}
+		}
+		return
+	}
+	l.inbox = append(l.inbox, m)
+	wake := !l.woken
+	l.woken = true
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		unix.Write(l.wakefd, one[:])
+	}
+}
+
+// run is the loop. It returns after msgClose, having closed everything.
+func (l *loop) run() {
+	defer close(l.done)
+	events := make([]unix.EpollEvent, loopMaxEvents)
+	lastYield := time.Now()
+	l.now = lastYield
+	for {
+		timeout := -1
+		if len(l.clients) > 0 || len(l.idle) > 0 {
+			if l.nextTick.IsZero() {
+				l.nextTick = l.now.Add(l.tick)
+			}
+			timeout = max(int(l.nextTick.Sub(l.now)/time.Millisecond), 0)
+		}
+		n, err := unix.EpollWait(l.epfd, events, timeout)
+		l.now = time.Now()
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			klog.ErrorS(err, "Proxy event loop: epoll_wait failed; closing its connections")
+			l.closeAll()
+			l.end()
+			return
+		}
+		woken := false
+		for i := 0; i < n; i++ {
+			tok := uint64(uint32(events[i].Fd)) | uint64(uint32(events[i].Pad))<<32
+			idx, gen := uint32(tok), uint32(tok>>32)
+			if idx == 0 {
+				woken = true
+				continue
+			}
+			if int(idx) < len(l.items) && l.gens[idx] == gen && l.items[idx] != nil {
+				l.items[idx].event(events[i].Events)
+			}
+		}
+		l.runLater()
+		if woken && l.drainInbox() {
+			l.end()
+			return
+		}
+		if !l.nextTick.IsZero() && !l.now.Before(l.nextTick) {
+			l.sweep()
+			l.runLater()
+			l.nextTick = l.now.Add(l.tick)
+		}
+		if l.now.Sub(lastYield) >= loopYieldEvery {
+			runtime.Gosched()
+			lastYield = l.now
+		}
+	}
+}
+
+// end releases the loop's descriptors once it has stopped.
+func (l *loop) end() {
+	l.mu.Lock()
+	l.ended = true
+	inbox := l.inbox
+	l.inbox = nil
+	l.mu.Unlock()
+	for _, m := range inbox {
+		if m.kind == msgClient || m.kind == msgDialed && m.err == nil {
+			unix.Close(m.fd)
+			if m.kind == msgClient {
+				l.s.loopConnClosed()
+			}
+		}
+	}
+	unix.Close(l.epfd)
+	unix.Close(l.wakefd)
+}
+
+// runLater runs the clients that finished a response and may have another
+// request buffered (not from inside the finish, to keep the stack flat).
+func (l *loop) runLater() {
+	for len(l.later) > 0 {
+		c := l.later[0]
+		l.later = l.later[1:]
+		if !c.closed && c.state == csIdle {
+			c.readRequest()
+		}
+	}
+	l.later = l.later[:0]
+}
+
+// drainInbox handles the messages posted; true after msgClose.
+func (l *loop) drainInbox() (stop bool) {
+	var b [8]byte
+	unix.Read(l.wakefd, b[:])
+	l.mu.Lock()
+	inbox := l.inbox
+	l.inbox, l.woken = nil, false
+	l.mu.Unlock()
+	for i, m := range inbox {
+		switch m.kind {
+		case msgClient:
+			l.addClient(m.fd, m.ip)
+		case msgDialed:
+			l.dialed(m)
+		case msgShutdown:
+			l.shutting = true
+			for c := range l.clients {
+				if c.state == csIdle && c.r == c.w {
+					c.close()
+				}
+			}
+		case msgClose:
+			l.closeAll()
+			for _, m := range inbox[i+1:] { // closed unheard
+				if m.kind == msgClient || m.kind == msgDialed && m.err == nil {
+					unix.Close(m.fd)
+					if m.kind == msgClient {
+						l.s.loopConnClosed()
+					}
+				}
+			}
+			return true
+		}
+		l.runLater()
+	}
+	return false
+}
+
+// closeAll closes every client and upstream connection.
+func (l *loop) closeAll() {
+	l.shutting = true
+	for c := range l.clients {
+		c.close()
+	}
+	for _, u := range l.idle {
+		l.closeUp(u)
+	}
+	l.idle = nil
+}
+
+// sweep enforces the deadlines: the client header and idle timeouts, the
+// upstream response timeout and the upstream pool's idle timeout.
+func (l *loop) sweep() {
+	for c := range l.clients {
+		if c.deadline.IsZero() || l.now.Before(c.deadline) {
+			continue
+		}
+		switch c.state {
+		case csIdle, csHead:
+			c.close()
+		case csUpstream:
+			c.upstreamFailed(errResponseTimeout, false)
+		}
+	}
+	i := 0
+	for i < len(l.idle) && l.now.Sub(l.idle[i].idleSince) >= l.p.cfg.UpstreamIdleTimeout {
+		l.closeUp(l.idle[i])
+		i++
+	}
+	l.idle = append(l.idle[:0], l.idle[i:]...)
+}
+
+// errResponseTimeout: the upstream sent no response head in time (a
+// net.Error that times out: a 504).
+var errResponseTimeout error = &net.OpError{Op: "read", Net: "tcp", Err: osDeadline{}}
+
+type osDeadline struct{}
+
+func (osDeadline) Error() string   { return "upstream response header timeout" }
+func (osDeadline) Timeout() bool   { return true }
+func (osDeadline) Temporary() bool { return true }
+
+// register adds fd to the epoll set (edge-triggered) as item.
+func (l *loop) register(fd int, item loopItem) (uint64, error) {
+	var idx uint32
+	if n := len(l.free); n > 0 {
+		idx = l.free[n-1]
+		l.free = l.free[:n-1]
+	} else {
+		idx = uint32(len(l.items))
+		l.items = append(l.items, nil)
+		l.gens = append(l.gens, 0)
+	}
+	l.items[idx] = item
+	tok := uint64(idx) | uint64(l.gens[idx])<<32
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET}
+	ev.Fd, ev.Pad = int32(uint32(tok)), int32(uint32(tok>>32))
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		l.release(tok)
+		return 0, err
+	}
+	return tok, nil
+}
+
+// release frees an item's token; its events are ignored from now on.
+func (l *loop) release(tok uint64) {
+	idx := uint32(tok)
+	l.items[idx] = nil
+	l.gens[idx]++
+	l.free = append(l.free, idx)
+}
+
+func (l *loop) getBuf() []byte {
+	if n := len(l.bufs); n > 0 {
+		b := l.bufs[n-1]
+		l.bufs = l.bufs[:n-1]
+		return b
+	}
+	return make([]byte, clientReadBuf)
+}
+
+// putBuf keeps a few free client buffers for the next busy connections.
+func (l *loop) putBuf(b []byte) {
+	if len(l.bufs) < 64 {
+		l.bufs = append(l.bufs, b)
+	}
+}
+
+// dial connects to the upstream on a goroutine of its own and posts the
+// connection (or the error) for c.
+func (l *loop) dial(c *loopClient, gen uint64) {
+	pool := l.p.pool
+	conn, err := pool.dialer.DialContext(context.Background(), pool.network, pool.address)
+	fd := -1
+	if err == nil {
+		fd, err = detachFd(conn)
+	}
+	l.post(loopMsg{kind: msgDialed, c: c, gen: gen, fd: fd, err: err})
+}
+
+// detachFd takes a connection's socket out of the Go runtime's poller: it
+// returns a non-blocking duplicate and closes the connection.
+func detachFd(conn net.Conn) (int, error) {
+	defer conn.Close()
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T has no descriptor", conn)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	cerr := rc.Control(func(s uintptr) {
+		fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if cerr != nil {
+		return -1, cerr
+	}
+	return fd, err
+}
+
+// dialed takes a dialled upstream connection: to the client that asked
+// for it if it still waits, else to the pool.
+func (l *loop) dialed(m loopMsg) {
+	c := m.c
+	waiting := !c.closed && c.state == csUpstream && c.dialing && c.dialGen == m.gen
+	if m.err != nil {
+		if waiting {
+			c.dialing = false
+			c.upstreamFailed(m.err, false)
+		}
+		return
+	}
+	u := &loopUp{l: l, fd: m.fd, writable: true}
+	tok, err := l.register(m.fd, u)
+	if err != nil {
+		unix.Close(m.fd)
+		if waiting {
+			c.dialing = false
+			c.upstreamFailed(err, false)
+		}
+		return
+	}
+	u.tok = tok
+	if waiting {
+		c.dialing = false
+		c.attach(u)
+		return
+	}
+	l.putIdle(u)
+}
+
+// takeIdle is the most recently used idle upstream connection, if any.
+func (l *loop) takeIdle() *loopUp {
+	n := len(l.idle)
+	if n == 0 {
+		return nil
+	}
+	u := l.idle[n-1]
+	l.idle[n-1] = nil
+	l.idle = l.idle[:n-1]
+	u.reused = true
+	return u
+}
+
+func (l *loop) putIdle(u *loopUp) {
+	if l.shutting || len(l.idle) >= maxIdleUpstream {
+		l.closeUp(u)
+		return
+	}
+	u.c, u.reused, u.got = nil, false, false
+	u.idleSince = l.now
+	u.r, u.w = 0, 0
+	if u.buf != nil { // a client's next request can use it
+		l.putBuf(u.buf)
+		u.buf = nil
+	}
+	l.idle = append(l.idle, u)
+}
+
+// dropIdle closes an idle connection the upstream closed (or wrote to
+// unasked).
+func (l *loop) dropIdle(u *loopUp) {
+	for i, v := range l.idle {
+		if v == u {
+			l.idle = append(l.idle[:i], l.idle[i+1:]...)
+			break
+		}
+	}
+	l.closeUp(u)
+}
+
+func (l *loop) closeUp(u *loopUp) {
+	if u.fd < 0 {
+		return
+	}
+	l.release(u.tok)
+	unix.Close(u.fd)
+	u.fd = -1
+	if u.buf != nil {
+		l.putBuf(u.buf)
+		u.buf = nil
+	}
+}
+
+// Raw system calls on non-blocking sockets: they never block, so they
+// need not tell the scheduler (entersyscall/exitsyscall, and sysmon
+// handing the P to another thread when a loopback write runs long).
+
+func rawRead(fd int, b []byte) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(r), e
+}
+
+// rawWritev writes a then b.
+func rawWritev(fd int, a, b []byte) (int, syscall.Errno) {
+	var iov [2]syscall.Iovec
+	n := 0
+	for _, p := range [2][]byte{a, b} {
+		if len(p) > 0 {
+			iov[n].Base = unsafe.SliceData(p)
+			iov[n].SetLen(len(p))
+			n++
+		}
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(b)
+	return int(r), e
+}
