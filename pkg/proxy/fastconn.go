@@ -185,7 +185,7 @@ func (fc *fastConn) proxy(req *request, start time.Time) (keep bool) {
 			continue
 		}
 		code = fc.fail(req, err)
-		return keep && !hasBody
+		return !hasBody // as fail said (Connection: close with a body, which may be unread)
 	}
 }
 

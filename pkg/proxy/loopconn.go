@@ -289,6 +289,9 @@ func (c *loopClient) pump() {
 				continue
 			}
 		}
+		if c.done {
+			c.record() // before the client can have all of the response
+		}
 		if !c.flush() {
 			return
 		}
@@ -501,6 +504,7 @@ func (c *loopClient) upstreamFailed(err error, stale bool) {
 	c.state, c.deadline = csBody, time.Time{}
 	c.code, c.done, c.keep = code, true, true
 	c.resp = response{}
+	c.record()
 	if c.flush() {
 		c.finish()
 	}

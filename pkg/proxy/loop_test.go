@@ -1,0 +1,319 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"hash/crc32"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// dialProxy is a raw client connection to the proxy with a deadline.
+func dialProxy(t *testing.T, p *proxyUnderTest) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+// TestPipelinedRequests: requests sent back to back in one write, one
+// with a body, are answered in order on the one connection.
+func TestPipelinedRequests(t *testing.T) {
+	up := startUpstream(t, http.HandlerFunc(echoRequest))
+	p := startProxy(t, Config{Upstream: up.URL})
+	c, br := dialProxy(t, p)
+	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"+
+		"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"+
+		"HEAD /3 HTTP/1.1\r\nHost: x\r\n\r\n"+
+		"GET /4 HTTP/1.1\r\nHost: x\r\n\r\n")
+	for i, want := range []struct{ method, path, body string }{{"GET", "/1", ""}, {"POST", "/2", "body"}, {"HEAD", "/3", ""}, {"GET", "/4", ""}} {
+		req := &http.Request{Method: want.method}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatalf("response %d: %v", i+1, err)
+		}
+		body := mustRead(t, resp.Body)
+		resp.Body.Close()
+		if want.method == "HEAD" {
+			if len(body) != 0 || resp.StatusCode != http.StatusCreated {
+				t.Errorf("HEAD: %d with %d body bytes", resp.StatusCode, len(body))
+			}
+			continue
+		}
+		if !bytes.Contains(body, []byte(`"Method":"`+want.method+`"`)) || !bytes.Contains(body, []byte(`"Path":"`+want.path+`"`)) ||
+			!bytes.Contains(body, []byte(`"Body":"`+want.body+`"`)) {
+			t.Errorf("response %d is not for %s %s: %s", i+1, want.method, want.path, body)
+		}
+	}
+}
+
+// TestBodyInLaterSegments: a request whose body arrives after its head,
+// in pieces, gets through whole (the loop hands such a request to a
+// goroutine).
+func TestBodyInLaterSegments(t *testing.T) {
+	up := startUpstream(t, http.HandlerFunc(echoRequest))
+	p := startProxy(t, Config{Upstream: up.URL})
+	c, br := dialProxy(t, p)
+	io.WriteString(c, "PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+	for _, piece := range []string{"01234", "56789"} {
+		io.WriteString(c, piece)
+	}
+	io.WriteString(c, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+	for _, want := range []string{`"Body":"0123456789"`, `"Path":"/after"`} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body := mustRead(t, resp.Body); !bytes.Contains(body, []byte(want)) {
+			t.Errorf("got %s, want %s in it", body, want)
+		}
+		resp.Body.Close()
+	}
+}
+
+// TestClientHangupCancelsTheUpstreamRequest: a client that goes away
+// while its request waits for the upstream gets the upstream request
+// cancelled (its connection closed) and the request counted as 499.
+func TestClientHangupCancelsTheUpstreamRequest(t *testing.T) {
+	if fastMode && !loopMode {
+		t.Skip("the goroutine fast path reads nothing from the client while it waits for the upstream (see the README)")
+	}
+	arrived, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
+	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			cancelled <- struct{}{}
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	p := startProxy(t, Config{Upstream: up.URL})
+	c, _ := dialProxy(t, p)
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitChan(t, arrived, "the request to reach the upstream")
+	c.Close()
+	waitChan(t, cancelled, "the upstream request to be cancelled")
+	waitFor(t, "the request to be counted as 499", 5*time.Second, func() bool {
+		return testutil.ToFloat64(p.metrics.requests.WithLabelValues("499")) == 1
+	})
+}
+
+func waitChan(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// TestSlowReaderGetsEveryByte: a client that reads nothing until the
+// upstream has sent far more than the socket buffers hold still gets the
+// whole response, intact, and the connection serves another request.
+func TestSlowReaderGetsEveryByte(t *testing.T) {
+	const size = 64 << 20
+	var sent atomic.Int64
+	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/small" {
+			io.WriteString(w, "small")
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		buf := make([]byte, 256<<10)
+		src := io.LimitReader(&pattern{}, size)
+		for {
+			n, _ := io.ReadFull(src, buf)
+			if n == 0 {
+				return
+			}
+			if _, err := w.Write(buf[:n]); err != nil {
+				return
+			}
+			sent.Add(int64(n))
+		}
+	}))
+	p := startProxy(t, Config{Upstream: up.URL})
+	c, br := dialProxy(t, p)
+	c.SetDeadline(time.Now().Add(time.Minute))
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+	// far more than the client's receive window (it reads nothing yet): the
+	// proxy's writes to it stall
+	waitFor(t, "the upstream to send 1 MiB", 10*time.Second, func() bool { return sent.Load() >= 1<<20 })
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := crc32.NewIEEE()
+	n, err := io.Copy(h, resp.Body)
+	resp.Body.Close()
+	sum := crc32.NewIEEE()
+	io.Copy(sum, io.LimitReader(&pattern{}, size))
+	if err != nil || n != size || h.Sum32() != sum.Sum32() {
+		t.Fatalf("got %d bytes (crc %x, err %v), want %d (crc %x)", n, h.Sum32(), err, size, sum.Sum32())
+	}
+	io.WriteString(c, "GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := string(mustRead(t, resp.Body)); body != "small" {
+		t.Errorf("the next response on the connection: %q", body)
+	}
+}
+
+// rawUpstream answers every request on a connection with answer(i), the
+// i-th request of the connection, then closes the connection if answer
+// says so.
+func rawUpstream(t *testing.T, answer func(i int) (resp string, closeAfter bool)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					resp, closeAfter := answer(i)
+					if _, err := io.WriteString(c, resp); err != nil || closeAfter {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return "http://" + ln.Addr().String()
+}
+
+// TestResponseFramings: a response whose body runs until the upstream
+// closes, a chunked one with trailers, and interim 1xx responses all reach
+// the client as sent.
+func TestResponseFramings(t *testing.T) {
+	for _, tc := range []struct {
+		name, upstream string
+		closeAfter     bool
+		code           int
+		body, trailer  string
+	}{
+		{"until EOF", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it", true, 200, "all of it", ""},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n", false, 200, "abcde", "5"},
+		{"1xx first", "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false, 200, "ok", ""},
+		{"no content", "HTTP/1.1 204 No Content\r\n\r\n", false, 204, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := rawUpstream(t, func(int) (string, bool) { return tc.upstream, tc.closeAfter })
+			p := startProxy(t, Config{Upstream: up})
+			c, br := dialProxy(t, p)
+			for i := 0; i < 2; i++ {
+				io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+				resp, err := http.ReadResponse(br, nil)
+				for err == nil && resp.StatusCode < 200 {
+					resp, err = http.ReadResponse(br, nil)
+				}
+				if err != nil {
+					t.Fatalf("request %d: %v", i+1, err)
+				}
+				body := string(mustRead(t, resp.Body))
+				if resp.StatusCode != tc.code || body != tc.body || resp.Trailer.Get("X-Sum") != tc.trailer {
+					t.Errorf("request %d: %d %q trailer %q, want %d %q %q", i+1, resp.StatusCode, body, resp.Trailer.Get("X-Sum"), tc.code, tc.body, tc.trailer)
+				}
+				// A body until EOF is passed on as it is, the client's
+				// connection closing after it (the fast path), or
+				// re-framed (net/http's server).
+				if resp.Close {
+					if !tc.closeAfter {
+						t.Errorf("request %d: the connection closes after a framed response", i+1)
+					}
+					if _, err := br.ReadByte(); err != io.EOF {
+						t.Errorf("after Connection: close, the connection is still open (%v)", err)
+					}
+					break
+				}
+			}
+		})
+	}
+}
+
+// TestMalformedUpstreamResponseIs502: a response head that is not HTTP
+// gets the client a 502 and leaves the client connection usable.
+func TestMalformedUpstreamResponseIs502(t *testing.T) {
+	var n atomic.Int64 // requests over all connections
+	up := rawUpstream(t, func(int) (string, bool) {
+		if n.Add(1) == 1 {
+			return "SMTP ready\r\n\r\n", true
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false
+	})
+	p := startProxy(t, Config{Upstream: up})
+	c, br := dialProxy(t, p)
+	for i, want := range []int{502, 200} {
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+		mustRead(t, resp.Body)
+		if resp.StatusCode != want {
+			t.Errorf("request %d: %d, want %d", i+1, resp.StatusCode, want)
+		}
+	}
+}
+
+// TestLoopHandsOverWhatItDoesNotServe: in the loop, a chunked upload and
+// an Expect request go to a goroutine, which serves them; plain requests
+// stay in the loop.
+func TestLoopHandsOverWhatItDoesNotServe(t *testing.T) {
+	if !loopMode {
+		t.Skip("event loop only")
+	}
+	up := startUpstream(t, http.HandlerFunc(echoRequest))
+	p := startProxy(t, Config{Upstream: up.URL})
+	fs := lastFast
+	c := newClient(1)
+	for i := 0; i < 3; i++ {
+		resp, err := c.Get(p.url + "/plain")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustRead(t, resp.Body)
+		resp.Body.Close()
+	}
+	if n := fs.adopted.Load(); n != 0 {
+		t.Fatalf("%d connections left the loop for plain GETs", n)
+	}
+	resp, err := c.Post(p.url+"/chunked", "text/plain", io.MultiReader(strings.NewReader("chunked body")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := mustRead(t, resp.Body); !bytes.Contains(body, []byte(`"Body":"chunked body"`)) {
+		t.Errorf("chunked upload: %s", body)
+	}
+	resp.Body.Close()
+	if n := fs.adopted.Load(); n != 1 {
+		t.Fatalf("%d connections left the loop, want 1 (the chunked upload's)", n)
+	}
+}
