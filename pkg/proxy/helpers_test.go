@@ -22,7 +22,7 @@ type proxyUnderTest struct {
 var lastFast *FastServer
 
 // startProxy serves a Proxy for cfg on 127.0.0.1:0 until the test ends.
-func startProxy(t *testing.T, cfg Config) *proxyUnderTest {
+func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Fast, cfg.Loop = fastMode, loopMode
@@ -62,7 +62,7 @@ type upstream struct {
 	conns atomic.Int64
 }
 
-func startUpstream(t *testing.T, h http.Handler) *upstream {
+func startUpstream(t testing.TB, h http.Handler) *upstream {
 	t.Helper()
 	u := &upstream{}
 	u.Server = httptest.NewUnstartedServer(h)

@@ -83,7 +83,8 @@ type loop struct {
 	free     []uint32   // free indexes
 	clients  map[*loopClient]struct{}
 	idle     []*loopUp // idle upstream connections, most recent last
-	bufs     [][]byte  // free client buffers
+	bufs     [][]byte  // free buffers
+	bufsLow  int       // the fewest free buffers since the last trim
 	later    []*loopClient
 	now      time.Time
 	nextTick time.Time
@@ -217,13 +218,12 @@ func (l *loop) end() {
 // runLater runs the clients that finished a response and may have another
 // request buffered (not from inside the finish, to keep the stack flat).
 func (l *loop) runLater() {
-	for len(l.later) > 0 {
-		c := l.later[0]
-		l.later = l.later[1:]
-		if !c.closed && c.state == csIdle {
+	for i := 0; i < len(l.later); i++ { // (it may grow meanwhile)
+		if c := l.later[i]; !c.closed && c.state == csIdle {
 			c.readRequest()
 		}
 	}
+	clear(l.later)
 	l.later = l.later[:0]
 }
 
@@ -297,6 +297,7 @@ func (l *loop) sweep() {
 		i++
 	}
 	l.idle = append(l.idle[:0], l.idle[i:]...)
+	l.trimBufs()
 }
 
 // errResponseTimeout: the upstream sent no response head in time (a
@@ -339,20 +340,32 @@ func (l *loop) release(tok uint64) {
 	l.free = append(l.free, idx)
 }
 
+// getBuf is a 16 KiB buffer for a connection with bytes to read. Only
+// connections in the middle of a request hold one.
 func (l *loop) getBuf() []byte {
-	if n := len(l.bufs); n > 0 {
-		b := l.bufs[n-1]
-		l.bufs = l.bufs[:n-1]
-		return b
+	n := len(l.bufs)
+	if n == 0 {
+		l.bufsLow = 0
+		return make([]byte, clientReadBuf)
 	}
-	return make([]byte, clientReadBuf)
+	b := l.bufs[n-1]
+	l.bufs = l.bufs[:n-1]
+	l.bufsLow = min(l.bufsLow, n-1)
+	return b
 }
 
-// putBuf keeps a few free client buffers for the next busy connections.
 func (l *loop) putBuf(b []byte) {
-	if len(l.bufs) < 64 {
-		l.bufs = append(l.bufs, b)
+	l.bufs = append(l.bufs, b)
+}
+
+// trimBufs frees the buffers no connection needed since the last trim.
+func (l *loop) trimBufs() {
+	if l.bufsLow > 0 {
+		n := len(l.bufs) - l.bufsLow
+		clear(l.bufs[n:])
+		l.bufs = l.bufs[:n]
 	}
+	l.bufsLow = len(l.bufs)
 }
 
 // dial connects to the upstream on a goroutine of its own and posts the
