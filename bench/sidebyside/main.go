@@ -86,7 +86,7 @@ func parseOptions(args []string) (*options, error) {
 	fs.IntVar(&o.retries, "retries", 2, "at most this many extra runs per mode because of -noise")
 	fs.StringVar(&o.rev, "rev", "", "build sidecar from this git revision (git archive) instead of the working tree")
 	extra := fs.String("sidecar-args", "", "more sidecar flags, space-separated (they come last, so they win), e.g. --admin-addr=")
-	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all cluster setups, or all proxy-* with -proxy)")
+	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all cluster setups, or (a)-(d) of the proxy scenario with -proxy; proxy-sidecar-goroutines and proxy-sidecar-reverseproxy only when named)")
 	fs.BoolVar(&o.proxy, "proxy", false, "run the proxy scenario: a Go hello upstream behind sidecar --upstream, nginx, HAProxy, and direct (keep-alive only)")
 	proxyConns := fs.String("proxy-conns", "50", "comma-separated wrk -c values for the proxy scenario, e.g. 50,200")
 	if err := fs.Parse(args); err != nil {
@@ -194,7 +194,7 @@ func selectSetups(only string, proxy bool) []setup {
 		want[strings.TrimSpace(s)] = true
 	}
 	var out []setup
-	for _, s := range append(append([]setup{}, setups...), proxySetups...) {
+	for _, s := range append(append(append([]setup{}, setups...), proxySetups...), proxyVariants...) {
 		if want[s.name] {
 			out = append(out, s)
 		}

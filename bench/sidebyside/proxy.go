@@ -31,6 +31,13 @@ var proxySetups = []setup{
 	{name: "proxy-direct", label: "(d) direct to the upstream", master: proxyDirect},
 }
 
+// proxyVariants are sidecar's slower proxy paths, run only when -only
+// names them: the goroutine-per-connection fast path and ReverseProxy.
+var proxyVariants = []setup{
+	{name: "proxy-sidecar-goroutines", label: "(a′) sidecar --upstream --proxy-loop=false", master: proxySidecar, args: []string{"--proxy-loop=false"}},
+	{name: "proxy-sidecar-reverseproxy", label: "(a″) sidecar --upstream --proxy-fast=false", master: proxySidecar, args: []string{"--proxy-fast=false"}},
+}
+
 func (s setup) isProxy() bool { return s.master >= proxySidecar }
 
 // serveUpstream is the hello upstream: HTTP/1.1 keep-alive on a free port
@@ -94,7 +101,7 @@ func (e *benchEnv) startProxy(s setup, n int) (*proc, int, error) {
 		if e.admin {
 			argv = append(argv, "--admin-addr", "127.0.0.1:0")
 		}
-		argv = append(argv, e.extra...)
+		argv = append(append(argv, s.args...), e.extra...)
 		p, err := startProc(argv, cleanEnv(), logPath, sidecarMarkers, 0)
 		return p, n, err
 	}

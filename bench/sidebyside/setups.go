@@ -35,8 +35,9 @@ type setup struct {
 	name   string // short, for -only and file names
 	label  string // for the table
 	master kind
-	policy string // rr | none (Node) or rr | shared (sidecar)
-	goApp  bool   // sidecar's built-in Go hello workers instead of the Node app
+	policy string   // rr | none (Node) or rr | shared (sidecar)
+	goApp  bool     // sidecar's built-in Go hello workers instead of the Node app
+	args   []string // more sidecar flags for this setup
 }
 
 // baseline is the setup every ratio is relative to.

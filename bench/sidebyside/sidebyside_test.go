@@ -122,6 +122,10 @@ func TestSelectSetups(t *testing.T) {
 	if len(got) != 2 || got[0].isProxy() || !got[1].isProxy() {
 		t.Errorf("-only mixed: %v", got)
 	}
+	got = selectSetups("proxy-sidecar,proxy-sidecar-goroutines", true)
+	if len(got) != 2 || len(got[0].args) != 0 || strings.Join(got[1].args, " ") != "--proxy-loop=false" {
+		t.Errorf("-only with a variant: %v", got)
+	}
 }
 
 func TestProxyConfs(t *testing.T) {
