@@ -340,7 +340,7 @@ func (fc *fastConn) exchange(req *request, pc *upConn) (code int, keep bool, err
 // fail answers a request that got no response from the upstream, as
 // Proxy.fail does; it returns the status.
 func (fc *fastConn) fail(req *request, err error) int {
-	b, code := fc.s.p.failure(nil, req, err, req.length != 0 || req.close)
+	b, code := fc.s.p.failure(nil, req, err, req.length != 0 || req.close || fc.s.shutting.Load())
 	fc.bw.Write(b)
 	fc.record(code)
 	fc.bw.Flush()
@@ -358,8 +358,12 @@ func (p *Proxy) failure(dst []byte, req *request, err error, closing bool) ([]by
 	if closing {
 		conn = "Connection: close\r\n"
 	}
-	return fmt.Appendf(dst, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n%s\r\n%s",
-		code, http.StatusText(code), len(body), conn, body), code
+	dst = fmt.Appendf(dst, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n%s\r\n",
+		code, http.StatusText(code), len(body), conn)
+	if !req.head { // a response to HEAD has no body (the client reads none)
+		dst = append(dst, body...)
+	}
+	return dst, code
 }
 
 // peekHead returns the buffered message head of br through its empty

@@ -249,7 +249,7 @@ func (fc *fastConn) parseResponse(head []byte, req *request) (resp response, err
 	if chunked && resp.length < 0 {
 		out = append(out, "Transfer-Encoding: chunked\r\n"...)
 	}
-	if resp.toEOF || req.close {
+	if resp.toEOF || req.close || fc.s.shutting.Load() { // (shutting: the connection closes after this one)
 		out = append(out, "Connection: close\r\n"...)
 	}
 	fc.resp = append(out, crlf...)

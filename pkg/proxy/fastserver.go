@@ -110,7 +110,7 @@ func (s *FastServer) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
-		if s.loop != nil && s.toLoop(c) {
+		if s.loop != nil && s.loop.running() && s.toLoop(c) {
 			continue
 		}
 		fc := newFastConn(s, c)

@@ -136,13 +136,20 @@ func (l *loop) post(m loopMsg) {
 		return
 	}
 	l.inbox = append(l.inbox, m)
-	wake := !l.woken
-	l.woken = true
-	l.mu.Unlock()
-	if wake {
+	if !l.woken { // under the lock: end closes wakefd only after ended is set
+		l.woken = true
 		var one = [8]byte{1}
 		unix.Write(l.wakefd, one[:])
 	}
+	l.mu.Unlock()
+}
+
+// running reports whether the loop still takes connections (it stops
+// early only if epoll_wait fails).
+func (l *loop) running() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.ended
 }
 
 // run is the loop. It returns after msgClose, having closed everything.
@@ -243,8 +250,8 @@ func (l *loop) drainInbox() (stop bool) {
 			l.dialed(m)
 		case msgShutdown:
 			l.shutting = true
-			for c := range l.clients {
-				if c.state == csIdle && c.r == c.w {
+			for c := range l.clients { // a new one is served its first request, as the goroutine path does
+				if c.state == csIdle && c.r == c.w && c.served {
 					c.close()
 				}
 			}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"hash/crc32"
 	"io"
 	"net"
@@ -315,5 +316,89 @@ func TestLoopHandsOverWhatItDoesNotServe(t *testing.T) {
 	resp.Body.Close()
 	if n := fs.adopted.Load(); n != 1 {
 		t.Fatalf("%d connections left the loop, want 1 (the chunked upload's)", n)
+	}
+}
+
+// TestShutdownServesConnectionsAcceptedBefore: Shutdown closes idle
+// keep-alive connections at once, but a connection accepted before it that
+// has not sent its first request yet is still served that request.
+func TestShutdownServesConnectionsAcceptedBefore(t *testing.T) {
+	if !fastMode {
+		t.Skip("FastServer only (net/http's Shutdown gives new connections 5 s)")
+	}
+	up := startUpstream(t, http.HandlerFunc(echoRequest))
+	p := startProxy(t, Config{Upstream: up.URL})
+	fs := lastFast
+	idle, idleBr := dialProxy(t, p)
+	io.WriteString(idle, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(idleBr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustRead(t, resp.Body)
+	fresh, freshBr := dialProxy(t, p)
+	waitFor(t, "both connections to be accepted", 5*time.Second, func() bool {
+		return testutil.ToFloat64(p.metrics.active) == 2
+	})
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- fs.Shutdown(ctx)
+	}()
+	// the idle one is closed: Shutdown has reached the connections
+	if _, err := idleBr.ReadByte(); err != io.EOF {
+		t.Fatalf("the idle keep-alive connection: %v, want EOF", err)
+	}
+	io.WriteString(fresh, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err = http.ReadResponse(freshBr, nil)
+	if err != nil {
+		t.Fatalf("the first request of a connection accepted before Shutdown: %v", err)
+	}
+	if body := mustRead(t, resp.Body); !bytes.Contains(body, []byte(`"Path":"/b"`)) || !resp.Close {
+		t.Errorf("got %s (close %v), want /b's response and Connection: close", body, resp.Close)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+// TestFailureAnswersHEADWithoutBody: a 502 to a HEAD has no body, so the
+// next response on the connection is read right.
+func TestFailureAnswersHEADWithoutBody(t *testing.T) {
+	p := startProxy(t, Config{Upstream: "http://" + closedPort(t)})
+	c, br := dialProxy(t, p)
+	io.WriteString(c, "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+	for i, method := range []string{"HEAD", "GET"} {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("response %d (%s): %v", i+1, method, err)
+		}
+		body := mustRead(t, resp.Body)
+		if resp.StatusCode != http.StatusBadGateway || method == "GET" && !bytes.Contains(body, []byte("upstream")) {
+			t.Errorf("response %d: %d %q", i+1, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestFirstHeadTimeoutRunsFromAccept: a client that connects, stays
+// silent for most of the header timeout, then starts a head and never ends
+// it, is closed at the timeout counted from the accept, not from its first
+// byte (it would otherwise get the timeout almost twice).
+func TestFirstHeadTimeoutRunsFromAccept(t *testing.T) {
+	const timeout = 600 * time.Millisecond
+	up := startUpstream(t, http.HandlerFunc(echoRequest))
+	p := startProxy(t, Config{Upstream: up.URL, ClientHeaderTimeout: timeout})
+	c, br := dialProxy(t, p)
+	start := time.Now()
+	// the client's silence is the scenario under test, not a wait for
+	// the proxy
+	<-time.After(timeout * 3 / 4)
+	io.WriteString(c, "GET / HTTP/1.1\r\n")
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the proxy answered an unfinished head")
+	}
+	if took := time.Since(start); took > timeout*3/4+timeout*2/3 {
+		t.Errorf("closed %v after the accept, want about %v", took.Round(time.Millisecond), timeout)
 	}
 }

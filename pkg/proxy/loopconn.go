@@ -31,6 +31,7 @@ type loopClient struct {
 	state    uint8
 	deadline time.Time // of the state; zero: none
 	closed   bool
+	served   bool // a request has been answered (the first one's header timeout runs from the accept)
 
 	// what epoll said and the socket has not yet contradicted
 	readable, writable, hup bool
@@ -72,13 +73,9 @@ type loopUp struct {
 	readable, writable, hup bool
 }
 
-// addClient takes a new client connection.
+// addClient takes a new client connection (accepted before any Shutdown:
+// it is served one request even if the loop is shutting down meanwhile).
 func (l *loop) addClient(fd int, ip string) {
-	if l.shutting {
-		unix.Close(fd)
-		l.s.loopConnClosed()
-		return
-	}
 	c := &loopClient{l: l, fd: fd, readable: true, writable: true}
 	c.fc = fastConn{s: l.s, ip: ip}
 	tok, err := l.register(fd, c)
@@ -123,7 +120,10 @@ func (c *loopClient) readRequest() {
 	for {
 		if c.w > c.r {
 			if c.state == csIdle {
-				c.state, c.deadline = csHead, l.now.Add(l.p.cfg.ClientHeaderTimeout)
+				c.state = csHead
+				if c.served {
+					c.deadline = l.now.Add(l.p.cfg.ClientHeaderTimeout)
+				}
 			}
 			if head := findHead(c.buf[c.r:c.w]); head != nil {
 				c.startRequest(head)
@@ -299,6 +299,10 @@ func (c *loopClient) pump() {
 			c.finish()
 			return
 		}
+		if u == nil { // (not done without an upstream: cannot happen)
+			c.close()
+			return
+		}
 		if u.r < u.w {
 			continue
 		}
@@ -458,12 +462,13 @@ func (c *loopClient) finish() {
 	c.record()
 	if u := c.up; u != nil {
 		c.up, u.c = nil, nil
-		if !c.resp.close && !c.resp.toEOF && u.r == u.w && !u.hup {
+		if !c.resp.close && !c.resp.toEOF && u.r == u.w && !u.hup && len(u.out[0])+len(u.out[1]) == 0 {
 			l.putIdle(u)
 		} else {
 			l.closeUp(u)
 		}
 	}
+	c.served = true
 	if !c.keep || c.req.close || l.shutting {
 		c.close()
 		return
@@ -487,11 +492,16 @@ func (c *loopClient) record() {
 func (c *loopClient) upstreamFailed(err error, stale bool) {
 	l := c.l
 	if u := c.up; u != nil {
-		stale = stale && u.reused
+		stale = stale && u.reused && !u.got
 		c.up, u.c = nil, nil
 		l.closeUp(u)
 	} else {
 		stale = false
+	}
+	if len(c.head) > 0 { // a 1xx head is half written: no room for another response
+		klog.V(2).InfoS("Upstream request failed after an interim response", "upstream", l.p.upstream.Name, "err", err)
+		c.close()
+		return
 	}
 	if stale && c.req.idempotent && c.req.length == 0 && c.attempt == 0 {
 		klog.V(4).InfoS("Retrying on a new upstream connection", "err", err)
@@ -500,7 +510,7 @@ func (c *loopClient) upstreamFailed(err error, stale bool) {
 		return
 	}
 	var code int
-	c.head, code = l.p.failure(nil, &c.req, err, c.req.close)
+	c.head, code = l.p.failure(nil, &c.req, err, c.req.close || l.s.shutting.Load())
 	c.state, c.deadline = csBody, time.Time{}
 	c.code, c.done, c.keep = code, true, true
 	c.resp = response{}

@@ -232,12 +232,12 @@ func TestSlowlorisClosedWhileOthersAreServed(t *testing.T) {
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	const timeout = 300 * time.Millisecond
 	p := startProxy(t, Config{Upstream: up.URL, ClientHeaderTimeout: timeout})
+	start := time.Now() // the header timeout runs from the accept
 	slow, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer slow.Close()
-	start := time.Now()
 	io.WriteString(slow, "GET / HTTP/1.1\r\nHost: x\r\n")
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
