@@ -421,7 +421,7 @@ func (l *loop) dialed(m loopMsg) {
 		}
 		return
 	}
-	u := &loopUp{l: l, fd: m.fd, writable: true}
+	u := &loopUp{l: l, fd: m.fd, readiness: readiness{writable: true}}
 	tok, err := l.register(m.fd, u)
 	if err != nil {
 		unix.Close(m.fd)

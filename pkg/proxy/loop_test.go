@@ -179,35 +179,20 @@ func TestSlowReaderGetsEveryByte(t *testing.T) {
 // says so.
 func rawUpstream(t *testing.T, answer func(i int) (resp string, closeAfter bool)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
+	return "http://" + startTCPUpstream(t, func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
+		for i := 0; ; i++ {
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for i := 0; ; i++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					resp, closeAfter := answer(i)
-					if _, err := io.WriteString(c, resp); err != nil || closeAfter {
-						return
-					}
-				}
-			}()
+			io.Copy(io.Discard, req.Body)
+			resp, closeAfter := answer(i)
+			if _, err := io.WriteString(c, resp); err != nil || closeAfter {
+				return
+			}
 		}
-	}()
-	return "http://" + ln.Addr().String()
+	})
 }
 
 // TestResponseFramings: a response whose body runs until the upstream

@@ -32,9 +32,7 @@ type loopClient struct {
 	deadline time.Time // of the state; zero: none
 	closed   bool
 	served   bool // a request has been answered (the first one's header timeout runs from the accept)
-
-	// what epoll said and the socket has not yet contradicted
-	readable, writable, hup bool
+	readiness
 
 	// the request in flight
 	req      request
@@ -69,14 +67,13 @@ type loopUp struct {
 	got       bool        // a response byte arrived for this request
 	idleSince time.Time
 	out       [2][]byte // the request not yet written: head, body
-
-	readable, writable, hup bool
+	readiness
 }
 
 // addClient takes a new client connection (accepted before any Shutdown:
 // it is served one request even if the loop is shutting down meanwhile).
 func (l *loop) addClient(fd int, ip string) {
-	c := &loopClient{l: l, fd: fd, readable: true, writable: true}
+	c := &loopClient{l: l, fd: fd, readiness: readiness{readable: true, writable: true}}
 	c.fc = fastConn{s: l.s, ip: ip}
 	tok, err := l.register(fd, c)
 	if err != nil {
@@ -91,15 +88,25 @@ func (l *loop) addClient(fd int, ip string) {
 	c.readRequest()
 }
 
-func (c *loopClient) event(ev uint32) {
+// readiness is what epoll said of a socket (edge-triggered) and reading or
+// writing it has not yet contradicted.
+type readiness struct{ readable, writable, hup bool }
+
+// note takes an event; gone: the peer hung up (or half-closed) or failed.
+func (r *readiness) note(ev uint32) (gone bool) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.readable = true
+		r.readable = true
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.writable = true
+		r.writable = true
 	}
-	gone := ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
-	c.hup = c.hup || gone
+	gone = ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	r.hup = r.hup || gone
+	return gone
+}
+
+func (c *loopClient) event(ev uint32) {
+	gone := c.note(ev)
 	switch c.state {
 	case csIdle, csHead:
 		c.readRequest()
@@ -247,13 +254,7 @@ func (c *loopClient) send() {
 }
 
 func (u *loopUp) event(ev uint32) {
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		u.readable = true
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		u.writable = true
-	}
-	u.hup = u.hup || ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	u.note(ev)
 	c := u.c
 	switch {
 	case c == nil: // idle: the upstream closed it, or wrote unasked
