@@ -53,6 +53,7 @@ type fastConn struct {
 
 	start    time.Time // of the request being proxied
 	recorded bool      // its metrics are updated
+	bodyRead bool      // its body has been read whole from the client
 }
 
 // record updates the metrics for the request being proxied, once.
@@ -166,6 +167,7 @@ func (fc *fastConn) proxy(req *request, start time.Time) (keep bool) {
 	fc.start, fc.recorded = start, false
 	defer func() { fc.record(code) }()
 	hasBody := req.length != 0
+	fc.bodyRead = false
 	for attempt := 0; ; attempt++ {
 		up, err := p.pool.get()
 		if err != nil {
@@ -185,7 +187,7 @@ func (fc *fastConn) proxy(req *request, start time.Time) (keep bool) {
 			continue
 		}
 		code = fc.fail(req, err)
-		return !hasBody // as fail said (Connection: close with a body, which may be unread)
+		return !hasBody || fc.bodyRead // as fail said: Connection: close if a body may be left unread
 	}
 }
 
@@ -250,6 +252,7 @@ func (fc *fastConn) exchange(req *request, pc *upConn) (code int, keep bool, err
 		err = up.bw.Flush()
 	case req.length > 0 && req.length <= inlineBodyMax && !req.expect:
 		if err = copyN(up.bw, fc.br, req.length, false); err == nil {
+			fc.bodyRead = true // (and the client connection can go on if the upstream fails now)
 			err = up.bw.Flush()
 		}
 		if err != nil {
@@ -340,7 +343,7 @@ func (fc *fastConn) exchange(req *request, pc *upConn) (code int, keep bool, err
 // fail answers a request that got no response from the upstream, as
 // Proxy.fail does; it returns the status.
 func (fc *fastConn) fail(req *request, err error) int {
-	b, code := fc.s.p.failure(nil, req, err, req.length != 0 || req.close || fc.s.shutting.Load())
+	b, code := fc.s.p.failure(nil, req, err, req.length != 0 && !fc.bodyRead || req.close || fc.s.shutting.Load())
 	fc.bw.Write(b)
 	fc.record(code)
 	fc.bw.Flush()
