@@ -127,12 +127,7 @@ func (l *loop) post(m loopMsg) {
 	l.mu.Lock()
 	if l.ended {
 		l.mu.Unlock()
-		if m.kind == msgClient || m.kind == msgDialed && m.err == nil {
-			unix.Close(m.fd)
-			if m.kind == msgClient {
-				l.s.loopConnClosed()
-			}
-		}
+		l.discard(m)
 		return
 	}
 	l.inbox = append(l.inbox, m)
@@ -164,7 +159,7 @@ func (l *loop) run() {
 			if l.nextTick.IsZero() {
 				l.nextTick = l.now.Add(l.tick)
 			}
-			timeout = max(int(l.nextTick.Sub(l.now)/time.Millisecond), 0)
+			timeout = max(int((l.nextTick.Sub(l.now)+time.Millisecond-1)/time.Millisecond), 0) // rounded up: no spinning
 		}
 		n, err := unix.EpollWait(l.epfd, events, timeout)
 		l.now = time.Now()
@@ -211,15 +206,20 @@ func (l *loop) end() {
 	l.inbox = nil
 	l.mu.Unlock()
 	for _, m := range inbox {
-		if m.kind == msgClient || m.kind == msgDialed && m.err == nil {
-			unix.Close(m.fd)
-			if m.kind == msgClient {
-				l.s.loopConnClosed()
-			}
-		}
+		l.discard(m)
 	}
 	unix.Close(l.epfd)
 	unix.Close(l.wakefd)
+}
+
+// discard closes the descriptor of a message the loop will not handle.
+func (l *loop) discard(m loopMsg) {
+	if m.kind == msgClient || m.kind == msgDialed && m.err == nil {
+		unix.Close(m.fd)
+		if m.kind == msgClient {
+			l.s.loopConnClosed()
+		}
+	}
 }
 
 // runLater runs the clients that finished a response and may have another
@@ -258,12 +258,7 @@ func (l *loop) drainInbox() (stop bool) {
 		case msgClose:
 			l.closeAll()
 			for _, m := range inbox[i+1:] { // closed unheard
-				if m.kind == msgClient || m.kind == msgDialed && m.err == nil {
-					unix.Close(m.fd)
-					if m.kind == msgClient {
-						l.s.loopConnClosed()
-					}
-				}
+				l.discard(m)
 			}
 			return true
 		}
