@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // serveCheck does n requests through dial and checks each was answered by a
@@ -44,7 +46,7 @@ func serveCheck(t *testing.T, m *master, n int, settle bool, dial func() (net.Co
 		seen[id]++
 		if settle {
 			settled++
-			waitFor(t, "the master to read the worker's accepted:true", 5*time.Second, func() bool {
+			testkit.WaitFor(t, "the master to read the worker's accepted:true", 5*time.Second, func() bool {
 				return nodeDispatched(t, m) >= settled
 			})
 		}

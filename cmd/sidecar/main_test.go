@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 func TestBadInput(t *testing.T) {
@@ -210,7 +212,7 @@ func TestWorkersDieWithTheMaster(t *testing.T) {
 	pids := m.workerPids()
 	m.signal(syscall.SIGKILL)
 	m.waitExit(5 * time.Second)
-	waitFor(t, "workers to exit after the master was killed", time.Second, func() bool {
+	testkit.WaitFor(t, "workers to exit after the master was killed", time.Second, func() bool {
 		for _, pid := range pids {
 			if alive(pid) {
 				return false
@@ -245,7 +247,7 @@ func TestOrphansAreReaped(t *testing.T) {
 				pid = onlyChild(t, pid) // unshare forks the master
 			}
 			sawOrphan := false
-			waitFor(t, "the orphan to be adopted and reaped", 5*time.Second, func() bool {
+			testkit.WaitFor(t, "the orphan to be adopted and reaped", 5*time.Second, func() bool {
 				kids := children(pid)
 				for _, k := range kids {
 					if k.comm == "sleep" {
@@ -293,7 +295,7 @@ func hasComm(ps []proc, comm string) bool {
 func onlyChild(t *testing.T, pid int) int {
 	t.Helper()
 	var kids []proc
-	waitFor(t, "unshare to fork", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "unshare to fork", 5*time.Second, func() bool {
 		kids = children(pid)
 		return len(kids) == 1
 	})

@@ -21,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // startNode runs sidecar (through startMaster) with args (flags; "--workers
@@ -132,7 +134,7 @@ func (a appClient) spread(t *testing.T, m *master, n int) map[int]int {
 		nodeCheckWorker(t, m, info)
 		seen[info.ID]++
 		settled++
-		waitFor(t, "the master to read the worker's accepted:true", 5*time.Second, func() bool {
+		testkit.WaitFor(t, "the master to read the worker's accepted:true", 5*time.Second, func() bool {
 			return nodeDispatched(t, m) >= settled
 		})
 	}

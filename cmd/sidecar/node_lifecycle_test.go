@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // Scenario 5: a worker that crashes, however it does, is respawned with a
@@ -149,7 +151,7 @@ func TestNodeMaxConnectionsAllFull(t *testing.T) {
 		info, err := dialApp("tcp", m.addr).get("/")
 		done <- result{info, err}
 	}()
-	waitFor(t, "a full worker to refuse the new connection", 5*time.Second, func() bool { return nodeRejected(t, m) > before })
+	testkit.WaitFor(t, "a full worker to refuse the new connection", 5*time.Second, func() bool { return nodeRejected(t, m) > before })
 	c1.Close()
 	r := <-done // the client's timeout bounds the wait
 	if r.err != nil || r.info.ID != id1 {
@@ -209,7 +211,7 @@ func TestNodeUserMessagesWithHandles(t *testing.T) {
 		}
 	}
 	var outcome string
-	waitFor(t, "the three messages to be logged or a worker to be killed", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the three messages to be logged or a worker to be killed", 5*time.Second, func() bool {
 		switch {
 		case m.count("broke the protocol") > 0:
 			outcome = "killed"
@@ -284,7 +286,7 @@ func TestNodeWorkersDieWithTheMaster(t *testing.T) {
 		t.Fatalf("want 2 worker pids, got %v", pids)
 	}
 	m.signal(syscall.SIGKILL)
-	waitFor(t, "Node workers to exit after the master was killed", time.Second, func() bool {
+	testkit.WaitFor(t, "Node workers to exit after the master was killed", time.Second, func() bool {
 		for _, pid := range pids {
 			if alive(pid) {
 				return false

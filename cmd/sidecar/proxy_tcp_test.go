@@ -8,31 +8,18 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // tcpUpstream is a line-less TCP service on 127.0.0.1: it reads until the
 // client's EOF, then answers "got <what it read>" and closes.
 func tcpUpstream(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				fmt.Fprintf(c, "got %s", b)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return testkit.ServeTCP(t, func(c *net.TCPConn) {
+		b, _ := io.ReadAll(c)
+		fmt.Fprintf(c, "got %s", b)
+	})
 }
 
 // TestProxyTCPWorkers: with --upstream tcp://, two built-in workers pass

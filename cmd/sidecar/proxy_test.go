@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // TestProxyWorkers: with --upstream, the two built-in workers proxy to an
@@ -39,7 +41,7 @@ func TestProxyWorkers(t *testing.T) {
 	requests := regexp.MustCompile(`(?m)^sidecar_proxy_requests_total\{code="200",slot="(\d)"\} (\d+)$`)
 	var found [][]string
 	var text string
-	waitFor(t, "the proxy workers' metrics in the master's scrape", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the proxy workers' metrics in the master's scrape", 5*time.Second, func() bool {
 		resp, err := http.Get("http://" + admin + "/metrics")
 		if err != nil {
 			return false

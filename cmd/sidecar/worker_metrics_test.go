@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 var adminRE = regexp.MustCompile(`"Admin server listening" address="([^"]+)"`)
@@ -26,7 +28,7 @@ func TestWorkerMetricsInMasterScrape(t *testing.T) {
 	}
 	series := regexp.MustCompile(`(?m)^sidecar_hello_requests_total\{slot="(\d)"\} (\d+)$`)
 	var found [][]string
-	waitFor(t, "the workers' counters in the master's scrape", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the workers' counters in the master's scrape", 5*time.Second, func() bool {
 		resp, err := http.Get("http://" + admin + "/metrics")
 		if err != nil {
 			return false

@@ -1,13 +1,10 @@
 package proxy
 
 import (
-	"bufio"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestFastPathServesPlainRequests: keep-alive GETs, POSTs and chunked
@@ -41,13 +38,9 @@ func TestFastPathServesPlainRequests(t *testing.T) {
 		"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
 		"GET / HTTP/1.1\r\n\r\n", // no Host
 	} {
-		conn, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		conn, br := dialProxy(t, p)
 		io.WriteString(conn, raw)
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		resp, err := http.ReadResponse(br, nil)
 		conn.Close()
 		want := []int{201, 400, 400}[i]
 		if err != nil || resp.StatusCode != want {

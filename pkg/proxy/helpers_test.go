@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,4 +96,16 @@ func newClient(conns int) *http.Client {
 		Timeout:   10 * time.Second,
 		Transport: &http.Transport{MaxIdleConnsPerHost: conns, DisableCompression: true},
 	}
+}
+
+// dialProxy is a raw client connection to the proxy with a deadline.
+func dialProxy(t *testing.T, p *proxyUnderTest) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
 }

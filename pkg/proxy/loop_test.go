@@ -15,19 +15,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
-
-// dialProxy is a raw client connection to the proxy with a deadline.
-func dialProxy(t *testing.T, p *proxyUnderTest) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	return c, bufio.NewReader(c)
-}
 
 // TestPipelinedRequests: requests sent back to back in one write, one
 // with a body, are answered in order on the one connection.
@@ -106,7 +95,7 @@ func TestClientHangupCancelsTheUpstreamRequest(t *testing.T) {
 	waitChan(t, arrived, "the request to reach the upstream")
 	c.Close()
 	waitChan(t, cancelled, "the upstream request to be cancelled")
-	waitFor(t, "the request to be counted as 499", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the request to be counted as 499", 5*time.Second, func() bool {
 		return testutil.ToFloat64(p.metrics.requests.WithLabelValues("499")) == 1
 	})
 }
@@ -151,7 +140,7 @@ func TestSlowReaderGetsEveryByte(t *testing.T) {
 	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
 	// far more than the client's receive window (it reads nothing yet): the
 	// proxy's writes to it stall
-	waitFor(t, "the upstream to send 1 MiB", 10*time.Second, func() bool { return sent.Load() >= 1<<20 })
+	testkit.WaitFor(t, "the upstream to send 1 MiB", 10*time.Second, func() bool { return sent.Load() >= 1<<20 })
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +168,7 @@ func TestSlowReaderGetsEveryByte(t *testing.T) {
 // says so.
 func rawUpstream(t *testing.T, answer func(i int) (resp string, closeAfter bool)) string {
 	t.Helper()
-	return "http://" + startTCPUpstream(t, func(c *net.TCPConn) {
+	return "http://" + testkit.ServeTCP(t, func(c *net.TCPConn) {
 		br := bufio.NewReader(c)
 		for i := 0; ; i++ {
 			req, err := http.ReadRequest(br)
@@ -322,7 +311,7 @@ func TestShutdownServesConnectionsAcceptedBefore(t *testing.T) {
 	}
 	mustRead(t, resp.Body)
 	fresh, freshBr := dialProxy(t, p)
-	waitFor(t, "both connections to be accepted", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "both connections to be accepted", 5*time.Second, func() bool {
 		return testutil.ToFloat64(p.metrics.active) == 2
 	})
 	shut := make(chan error, 1)

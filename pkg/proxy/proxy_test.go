@@ -370,14 +370,8 @@ func TestClassify(t *testing.T) {
 func TestExpectContinue(t *testing.T) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
 	p := startProxy(t, Config{Upstream: up.URL})
-	c, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, br := dialProxy(t, p)
 	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusContinue {
 		t.Fatalf("first response %v, %v; want 100 Continue", resp, err)

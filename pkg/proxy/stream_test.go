@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 func TestStreamingResponsesAreFlushedAsTheyCome(t *testing.T) {
@@ -81,14 +82,8 @@ func echoUpgrade(w http.ResponseWriter, r *http.Request) {
 func TestUpgradeIsTunnelled(t *testing.T) {
 	up := startUpstream(t, http.HandlerFunc(echoUpgrade))
 	p := startProxy(t, Config{Upstream: up.URL})
-	c, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c, br := dialProxy(t, p)
 	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +101,7 @@ func TestUpgradeIsTunnelled(t *testing.T) {
 		t.Errorf("active connections during the tunnel = %v, want 1", n)
 	}
 	c.Close()
-	waitFor(t, "the tunnel to end", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the tunnel to end", 5*time.Second, func() bool {
 		return testutil.ToFloat64(p.metrics.active) == 0 && testutil.ToFloat64(p.metrics.requests.WithLabelValues("101")) == 1
 	})
 }
@@ -279,20 +274,5 @@ func TestSlowlorisClosedWhileOthersAreServed(t *testing.T) {
 	}
 	if took < timeout || took > timeout+2*time.Second {
 		t.Errorf("closed after %v, want about %v", took, timeout)
-	}
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(timeout)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
 	}
 }

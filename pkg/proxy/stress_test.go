@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // stressBody is the body for seed, n bytes.
@@ -33,7 +34,7 @@ func stressBody(seed int64, n int) []byte {
 // CRC of the request body it got.
 func stressUpstream(t *testing.T) string {
 	t.Helper()
-	return "http://" + startTCPUpstream(t, func(c *net.TCPConn) {
+	return "http://" + testkit.ServeTCP(t, func(c *net.TCPConn) {
 		br := bufio.NewReader(c)
 		for {
 			req, err := http.ReadRequest(br)
@@ -209,7 +210,7 @@ func TestPipelinedStress(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	waitFor(t, "active connections to drop to 0", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "active connections to drop to 0", 5*time.Second, func() bool {
 		return testutil.ToFloat64(p.metrics.active) == 0
 	})
 }

@@ -11,31 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
-
-// startTCPUpstream serves each connection to 127.0.0.1:0 with handle until
-// the test ends; it returns the address.
-func startTCPUpstream(t *testing.T, handle func(c *net.TCPConn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
 
 // echo sends back what it reads and passes the EOF on.
 func echo(c *net.TCPConn) {
@@ -80,7 +57,7 @@ func dialTCP(t *testing.T, addr string) *net.TCPConn {
 }
 
 func TestTCPBytesRoundTrip(t *testing.T) {
-	p, addr := startTCP(t, Config{Upstream: "tcp://" + startTCPUpstream(t, echo)})
+	p, addr := startTCP(t, Config{Upstream: "tcp://" + testkit.ServeTCP(t, echo)})
 	c := dialTCP(t, addr)
 	io.WriteString(c, "ping")
 	if b := make([]byte, 4); !readFull(c, b) || string(b) != "ping" {
@@ -109,7 +86,7 @@ func TestTCPBytesRoundTrip(t *testing.T) {
 	if !bytes.Equal(got, sent) {
 		t.Fatalf("got %d bytes back, not the %d sent", len(got), len(sent))
 	}
-	waitFor(t, "the connection to be counted closed", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the connection to be counted closed", 5*time.Second, func() bool {
 		return testutil.ToFloat64(p.metrics.active) == 0
 	})
 }
@@ -117,7 +94,7 @@ func TestTCPBytesRoundTrip(t *testing.T) {
 // TestTCPHalfClose: the client's EOF reaches the upstream, whose reply
 // still reaches the client; and the other way round.
 func TestTCPHalfClose(t *testing.T) {
-	up := startTCPUpstream(t, func(c *net.TCPConn) {
+	up := testkit.ServeTCP(t, func(c *net.TCPConn) {
 		b, _ := io.ReadAll(c) // until the client's EOF
 		fmt.Fprintf(c, "read %q", b)
 	})
@@ -134,7 +111,7 @@ func TestTCPHalfClose(t *testing.T) {
 
 	// The upstream speaks first and half-closes; the client answers.
 	answered := make(chan string, 1)
-	up = startTCPUpstream(t, func(c *net.TCPConn) {
+	up = testkit.ServeTCP(t, func(c *net.TCPConn) {
 		io.WriteString(c, "greeting")
 		c.CloseWrite()
 		b, _ := io.ReadAll(c)
@@ -171,7 +148,7 @@ func TestTCPUpstreamDownClosesTheClient(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("closed after %v", d)
 	}
-	waitFor(t, "the refused dial to be counted", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the refused dial to be counted", 5*time.Second, func() bool {
 		return testutil.ToFloat64(p.metrics.upstream.WithLabelValues(errRefused)) == 1
 	})
 }
@@ -187,7 +164,7 @@ func isReset(err error) bool {
 
 func TestTCPIdleTimeout(t *testing.T) {
 	const idle = 200 * time.Millisecond
-	_, addr := startTCP(t, Config{Upstream: "tcp://" + startTCPUpstream(t, echo), TCPIdleTimeout: idle})
+	_, addr := startTCP(t, Config{Upstream: "tcp://" + testkit.ServeTCP(t, echo), TCPIdleTimeout: idle})
 
 	// A connection that keeps talking (a byte every idle/4) stays open.
 	busy := dialTCP(t, addr)
@@ -221,7 +198,7 @@ func TestTCPIdleTimeout(t *testing.T) {
 }
 
 func TestTCPShutdownWaitsForConnections(t *testing.T) {
-	p, err := NewTCP(Config{Upstream: "tcp://" + startTCPUpstream(t, echo)}, nil)
+	p, err := NewTCP(Config{Upstream: "tcp://" + testkit.ServeTCP(t, echo)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
