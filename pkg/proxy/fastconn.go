@@ -38,16 +38,11 @@ var (
 
 // fastConn is one client connection on the fast path.
 type fastConn struct {
-	s     *FastServer
+	heads
 	c     net.Conn
 	state atomic.Int32
 	br    *bufio.Reader
 	bw    *bufio.Writer
-	ip    string // the client's IP for X-Forwarded-For; "" if none
-	out   []byte // the request head for the upstream
-	resp  []byte // the response head for the client
-	hdrs  []header
-	toks  [][]byte // Connection tokens
 
 	uncounted bool // no longer in the active connections (handed over)
 
@@ -67,7 +62,7 @@ func (fc *fastConn) record(code int) {
 type header struct{ name, value []byte }
 
 func newFastConn(s *FastServer, c net.Conn) *fastConn {
-	fc := &fastConn{s: s, c: c}
+	fc := &fastConn{heads: heads{s: s}, c: c}
 	if host, _, err := net.SplitHostPort(c.RemoteAddr().String()); err == nil {
 		fc.ip = host
 	}

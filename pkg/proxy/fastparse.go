@@ -5,10 +5,22 @@ import (
 	"errors"
 )
 
+// heads is a client connection's parse state: the request head built for
+// the upstream, the response head built for the client, and the scratch
+// space for both. fastConn and the loop's clients share it.
+type heads struct {
+	s    *FastServer
+	ip   string // the client's IP for X-Forwarded-For; "" if none
+	out  []byte // the request head for the upstream
+	resp []byte // the response head for the client
+	hdrs []header
+	toks [][]byte // Connection tokens
+}
+
 // parseRequest reads a request head (through its empty line) and builds
-// the head for the upstream in fc.out. false: not for the fast path (the
+// the head for the upstream in ph.out. false: not for the fast path (the
 // fallback server serves it, or answers 400 if it is malformed).
-func (fc *fastConn) parseRequest(head []byte) (req request, ok bool) {
+func (ph *heads) parseRequest(head []byte) (req request, ok bool) {
 	i := bytes.Index(head, crlf)
 	line := head[:i]
 	rest := head[i+2:]
@@ -40,13 +52,13 @@ func (fc *fastConn) parseRequest(head []byte) (req request, ok bool) {
 	}
 	req.path = target
 
-	hdrs, ok := fc.parseHeaders(rest)
+	hdrs, ok := ph.parseHeaders(rest)
 	if !ok {
 		return req, false
 	}
 	hosts, lengths := 0, 0
 	var chunked, teTrailers bool
-	fc.toks = fc.toks[:0]
+	ph.toks = ph.toks[:0]
 	for _, h := range hdrs {
 		switch {
 		case equalFold(h.name, "Host"):
@@ -72,7 +84,7 @@ func (fc *fastConn) parseRequest(head []byte) (req request, ok bool) {
 		case equalFold(h.name, "Upgrade"):
 			return req, false
 		case equalFold(h.name, "Connection"), equalFold(h.name, "Proxy-Connection"):
-			fc.addTokens(h.value)
+			ph.addTokens(h.value)
 		case equalFold(h.name, "Te"):
 			teTrailers = teTrailers || containsToken(h.value, "trailers")
 		}
@@ -80,7 +92,7 @@ func (fc *fastConn) parseRequest(head []byte) (req request, ok bool) {
 	if hosts != 1 || chunked && lengths > 0 {
 		return req, false
 	}
-	for _, t := range fc.toks {
+	for _, t := range ph.toks {
 		switch {
 		case equalFold(t, "close"):
 			req.close = true
@@ -95,18 +107,18 @@ func (fc *fastConn) parseRequest(head []byte) (req request, ok bool) {
 		return req, false
 	}
 
-	out := fc.out[:0]
+	out := ph.out[:0]
 	out = append(out, method...)
 	out = append(out, ' ')
-	out = fc.s.p.joinPath(out, target)
+	out = ph.s.p.joinPath(out, target)
 	out = append(out, " HTTP/1.1\r\n"...)
 	var xff []byte
 	for _, h := range hdrs {
 		switch {
-		case isHopByHop(h.name) || fc.connListed(h.name) || equalFold(h.name, "X-Forwarded-Host") || equalFold(h.name, "X-Forwarded-Proto"):
+		case isHopByHop(h.name) || ph.connListed(h.name) || equalFold(h.name, "X-Forwarded-Host") || equalFold(h.name, "X-Forwarded-Proto"):
 			continue
 		case equalFold(h.name, "X-Forwarded-For"):
-			if fc.ip != "" {
+			if ph.ip != "" {
 				if xff != nil {
 					xff = append(xff, ", "...)
 				}
@@ -122,19 +134,19 @@ func (fc *fastConn) parseRequest(head []byte) (req request, ok bool) {
 	if teTrailers {
 		out = append(out, "Te: trailers\r\n"...)
 	}
-	if fc.ip != "" {
+	if ph.ip != "" {
 		out = append(out, "X-Forwarded-For: "...)
 		if xff != nil {
 			out = append(out, xff...)
 			out = append(out, ", "...)
 		}
-		out = append(out, fc.ip...)
+		out = append(out, ph.ip...)
 		out = append(out, crlf...)
 	}
 	out = append(out, "X-Forwarded-Host: "...)
 	out = append(out, req.host...)
 	out = append(out, "\r\nX-Forwarded-Proto: http\r\n\r\n"...)
-	fc.out = out
+	ph.out = out
 	return req, true
 }
 
@@ -165,8 +177,8 @@ var (
 )
 
 // parseResponse reads a response head for req and builds the head for the
-// client in fc.resp.
-func (fc *fastConn) parseResponse(head []byte, req *request) (resp response, err error) {
+// client in ph.resp.
+func (ph *heads) parseResponse(head []byte, req *request) (resp response, err error) {
 	i := bytes.Index(head, crlf)
 	line := head[:i]
 	if len(line) < 12 || len(line) > 12 && line[12] != ' ' ||
@@ -189,13 +201,13 @@ func (fc *fastConn) parseResponse(head []byte, req *request) (resp response, err
 	if resp.code == 101 {
 		return resp, errUpgrade
 	}
-	hdrs, ok := fc.parseHeaders(head[i+2:])
+	hdrs, ok := ph.parseHeaders(head[i+2:])
 	if !ok {
 		return resp, errBadResponse
 	}
 	lengths := 0
 	var chunked, keepAlive bool
-	fc.toks = fc.toks[:0]
+	ph.toks = ph.toks[:0]
 	for _, h := range hdrs {
 		switch {
 		case equalFold(h.name, "Content-Length"):
@@ -211,10 +223,10 @@ func (fc *fastConn) parseResponse(head []byte, req *request) (resp response, err
 			}
 			chunked = true
 		case equalFold(h.name, "Connection"), equalFold(h.name, "Proxy-Connection"):
-			fc.addTokens(h.value)
+			ph.addTokens(h.value)
 		}
 	}
-	for _, t := range fc.toks {
+	for _, t := range ph.toks {
 		switch {
 		case equalFold(t, "close"):
 			resp.close = true
@@ -237,11 +249,11 @@ func (fc *fastConn) parseResponse(head []byte, req *request) (resp response, err
 		resp.toEOF = true
 	}
 
-	out := append(fc.resp[:0], "HTTP/1.1"...)
+	out := append(ph.resp[:0], "HTTP/1.1"...)
 	out = append(out, line[8:]...)
 	out = append(out, crlf...)
 	for _, h := range hdrs {
-		if isHopByHop(h.name) || fc.connListed(h.name) {
+		if isHopByHop(h.name) || ph.connListed(h.name) {
 			continue
 		}
 		out = appendHeader(out, h.name, h.value)
@@ -249,17 +261,17 @@ func (fc *fastConn) parseResponse(head []byte, req *request) (resp response, err
 	if chunked && resp.length < 0 {
 		out = append(out, "Transfer-Encoding: chunked\r\n"...)
 	}
-	if resp.toEOF || req.close || fc.s.shutting.Load() { // (shutting: the connection closes after this one)
+	if resp.toEOF || req.close || ph.s.shutting.Load() { // (shutting: the connection closes after this one)
 		out = append(out, "Connection: close\r\n"...)
 	}
-	fc.resp = append(out, crlf...)
+	ph.resp = append(out, crlf...)
 	return resp, nil
 }
 
-// parseHeaders splits header lines (through the empty line) into fc.hdrs:
+// parseHeaders splits header lines (through the empty line) into ph.hdrs:
 // false if one is malformed or folded.
-func (fc *fastConn) parseHeaders(b []byte) ([]header, bool) {
-	hdrs := fc.hdrs[:0]
+func (ph *heads) parseHeaders(b []byte) ([]header, bool) {
+	hdrs := ph.hdrs[:0]
 	for {
 		i := bytes.Index(b, crlf)
 		if i < 0 {
@@ -282,12 +294,12 @@ func (fc *fastConn) parseHeaders(b []byte) ([]header, bool) {
 		}
 		hdrs = append(hdrs, header{line[:colon], v})
 	}
-	fc.hdrs = hdrs
+	ph.hdrs = hdrs
 	return hdrs, true
 }
 
 // addTokens notes the comma-separated tokens of a Connection header.
-func (fc *fastConn) addTokens(v []byte) {
+func (ph *heads) addTokens(v []byte) {
 	for len(v) > 0 {
 		var t []byte
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -296,13 +308,13 @@ func (fc *fastConn) addTokens(v []byte) {
 			t, v = v, nil
 		}
 		if t = trimOWS(t); len(t) > 0 {
-			fc.toks = append(fc.toks, t)
+			ph.toks = append(ph.toks, t)
 		}
 	}
 }
 
-func (fc *fastConn) connListed(name []byte) bool {
-	for _, t := range fc.toks {
+func (ph *heads) connListed(name []byte) bool {
+	for _, t := range ph.toks {
 		if bytes.EqualFold(t, name) {
 			return true
 		}

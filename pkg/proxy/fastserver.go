@@ -239,19 +239,12 @@ func (s *FastServer) Shutdown(ctx context.Context) error {
 	for _, fc := range conns {
 		fc.closeIfIdle()
 	}
-	done := make(chan struct{})
-	go func() {
-		s.running.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.stopLoop()
-		return ctx.Err()
+	err := wait(ctx, &s.running)
+	s.stopLoop() // (after the wait: idle upstream connections; on ctx's end: the rest)
+	if err != nil {
+		return err
 	}
-	s.stopLoop()
-	err := s.Fallback.Shutdown(ctx)
+	err = s.Fallback.Shutdown(ctx)
 	<-s.served
 	return err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -304,13 +305,7 @@ func (l *loop) sweep() {
 
 // errResponseTimeout: the upstream sent no response head in time (a
 // net.Error that times out: a 504).
-var errResponseTimeout error = &net.OpError{Op: "read", Net: "tcp", Err: osDeadline{}}
-
-type osDeadline struct{}
-
-func (osDeadline) Error() string   { return "upstream response header timeout" }
-func (osDeadline) Timeout() bool   { return true }
-func (osDeadline) Temporary() bool { return true }
+var errResponseTimeout = fmt.Errorf("upstream response header timeout: %w", os.ErrDeadlineExceeded)
 
 // register adds fd to the epoll set (edge-triggered) as item.
 func (l *loop) register(fd int, item loopItem) (uint64, error) {

@@ -25,8 +25,8 @@ type loopClient struct {
 	l        *loop
 	tok      uint64
 	fd       int
-	fc       fastConn // the parse state: request and response heads
-	buf      []byte   // read but not yet used: buf[r:w]; nil while idle and empty
+	h        heads  // the parse state: request and response heads
+	buf      []byte // read but not yet used: buf[r:w]; nil while idle and empty
 	r, w     int
 	state    uint8
 	deadline time.Time // of the state; zero: none
@@ -74,7 +74,7 @@ type loopUp struct {
 // it is served one request even if the loop is shutting down meanwhile).
 func (l *loop) addClient(fd int, ip string) {
 	c := &loopClient{l: l, fd: fd, readiness: readiness{readable: true, writable: true}}
-	c.fc = fastConn{s: l.s, ip: ip}
+	c.h = heads{s: l.s, ip: ip}
 	tok, err := l.register(fd, c)
 	if err != nil {
 		klog.ErrorS(err, "Proxy event loop: cannot watch a client connection")
@@ -188,7 +188,7 @@ func (c *loopClient) releaseBuf() {
 // its body (if any) has arrived whole too; anything else leaves the loop.
 func (c *loopClient) startRequest(head []byte) {
 	l := c.l
-	req, ok := c.fc.parseRequest(head)
+	req, ok := c.h.parseRequest(head)
 	n := len(head)
 	if !ok || req.expect || req.length < 0 || req.length > int64(c.w-c.r-n) {
 		c.handOver()
@@ -221,7 +221,7 @@ func (c *loopClient) attach(u *loopUp) {
 	if u.buf == nil {
 		u.buf = c.l.getBuf()
 	}
-	u.out = [2][]byte{c.fc.out, c.body}
+	u.out = [2][]byte{c.h.out, c.body}
 	c.deadline = c.l.now.Add(c.l.p.cfg.UpstreamResponseTimeout)
 	c.send()
 }
@@ -411,13 +411,13 @@ func (c *loopClient) parseHead() bool {
 		u.w += n
 		return true
 	}
-	resp, err := c.fc.parseResponse(head, &c.req)
+	resp, err := c.h.parseResponse(head, &c.req)
 	if err != nil {
 		c.upstreamFailed(err, false)
 		return false
 	}
 	u.r += len(head)
-	c.head = c.fc.resp
+	c.head = c.h.resp
 	if resp.code < 200 { // 1xx: passed on; the final head follows
 		return true
 	}

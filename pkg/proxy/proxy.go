@@ -146,9 +146,14 @@ func (p *Proxy) Server() *http.Server {
 // WaitTunnels waits for upgraded connections to end (after Server.Shutdown,
 // which does not wait for them), or for ctx.
 func (p *Proxy) WaitTunnels(ctx context.Context) error {
+	return wait(ctx, &p.tunnels)
+}
+
+// wait waits for wg, or for ctx to end (its error then).
+func wait(ctx context.Context, wg *sync.WaitGroup) error {
 	done := make(chan struct{})
 	go func() {
-		p.tunnels.Wait()
+		wg.Wait()
 		close(done)
 	}()
 	select {

@@ -110,17 +110,7 @@ func (p *TCPProxy) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	p.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		p.conns.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return wait(ctx, &p.conns)
 }
 
 // pass dials the upstream for client and copies both ways; client is closed
