@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 var adminListeningRE = regexp.MustCompile(`"Admin server listening" address="([^"]+)"`)
@@ -275,18 +275,6 @@ func needTool(t *testing.T, name string) string {
 	return p
 }
 
-// freeAddr returns a loopback address that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // startPrometheus runs a Prometheus server scraping target every second
 // and returns its address once it is ready. It is killed at cleanup.
 func startPrometheus(t *testing.T, target string) string {
@@ -306,7 +294,7 @@ scrape_configs:
 		if err != nil {
 			t.Fatal(err)
 		}
-		addr := freeAddr(t)
+		addr := testkit.FreeAddr(t)
 		var out bytes.Buffer // written by one goroutine of exec; read after Wait
 		cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 			"--web.listen-address="+addr, "--log.level=warn")

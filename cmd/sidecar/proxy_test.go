@@ -6,14 +6,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // TestProxyWorkers: with --upstream, the two built-in workers proxy to an
@@ -38,28 +34,7 @@ func TestProxyWorkers(t *testing.T) {
 			t.Fatalf("proxied body %q", body)
 		}
 	}
-	requests := regexp.MustCompile(`(?m)^sidecar_proxy_requests_total\{code="200",slot="(\d)"\} (\d+)$`)
-	var found [][]string
-	var text string
-	testkit.WaitFor(t, "the proxy workers' metrics in the master's scrape", 5*time.Second, func() bool {
-		resp, err := http.Get("http://" + admin + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		text = string(body)
-		found = requests.FindAllStringSubmatch(text, -1)
-		sum := 0
-		for _, f := range found {
-			v, _ := strconv.Atoi(f[2])
-			sum += v
-		}
-		return len(found) == 2 && sum == n
-	})
-	if found[0][1] == found[1][1] {
-		t.Fatalf("both series have slot %s", found[0][1])
-	}
+	text := waitSlotSeries(t, admin, `sidecar_proxy_requests_total\{code="200",slot="(\d)"\}`, n)
 	for _, want := range []string{
 		`sidecar_proxy_request_duration_seconds_count{slot="0"}`,
 		`sidecar_proxy_upstream_errors_total{kind="refused",slot="1"} 0`,

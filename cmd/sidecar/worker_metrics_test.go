@@ -26,16 +26,26 @@ func TestWorkerMetricsInMasterScrape(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	series := regexp.MustCompile(`(?m)^sidecar_hello_requests_total\{slot="(\d)"\} (\d+)$`)
+	waitSlotSeries(t, admin, `sidecar_hello_requests_total\{slot="(\d)"\}`, n)
+}
+
+// waitSlotSeries waits until the master's /metrics (at admin) has series
+// (a regexp whose group 1 is the slot, without the value) for two slots
+// whose values sum to n, and returns the whole scrape.
+func waitSlotSeries(t *testing.T, admin, series string, n int) string {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + series + ` (\d+)$`)
 	var found [][]string
-	testkit.WaitFor(t, "the workers' counters in the master's scrape", 5*time.Second, func() bool {
+	var text string
+	testkit.WaitFor(t, "the workers' series "+series+" in the master's scrape", 5*time.Second, func() bool {
 		resp, err := http.Get("http://" + admin + "/metrics")
 		if err != nil {
 			return false
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
-		found = series.FindAllStringSubmatch(string(body), -1)
+		text = string(body)
+		found = re.FindAllStringSubmatch(text, -1)
 		sum := 0
 		for _, f := range found {
 			v, _ := strconv.Atoi(f[2])
@@ -46,4 +56,5 @@ func TestWorkerMetricsInMasterScrape(t *testing.T) {
 	if found[0][1] == found[1][1] {
 		t.Fatalf("both series have slot %s", found[0][1])
 	}
+	return text
 }

@@ -1,6 +1,6 @@
 // Package testkit holds the helpers that tests in more than one package
-// need: waiting for a condition with a deadline, and a TCP service on
-// 127.0.0.1.
+// need: waiting for a condition with a deadline, a TCP service on
+// 127.0.0.1, and a free address there.
 package testkit
 
 import (
@@ -48,4 +48,17 @@ func ServeTCP(t testing.TB, handle func(c *net.TCPConn)) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// FreeAddr is a 127.0.0.1 address nothing listened on a moment ago: for
+// a server to bind, or as an address that refuses connections.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
 }

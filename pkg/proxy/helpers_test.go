@@ -78,18 +78,6 @@ func startUpstream(t testing.TB, h http.Handler) *upstream {
 	return u
 }
 
-// closedPort is a 127.0.0.1 address nothing listens on.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // newClient is a keep-alive client with a deadline on every request.
 func newClient(conns int) *http.Client {
 	return &http.Client{

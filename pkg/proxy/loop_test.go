@@ -340,7 +340,7 @@ func TestShutdownServesConnectionsAcceptedBefore(t *testing.T) {
 // TestFailureAnswersHEADWithoutBody: a 502 to a HEAD has no body, so the
 // next response on the connection is read right.
 func TestFailureAnswersHEADWithoutBody(t *testing.T) {
-	p := startProxy(t, Config{Upstream: "http://" + closedPort(t)})
+	p := startProxy(t, Config{Upstream: "http://" + testkit.FreeAddr(t)})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
 	for i, method := range []string{"HEAD", "GET"} {

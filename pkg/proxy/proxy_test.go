@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 func TestParseUpstream(t *testing.T) {
@@ -185,7 +186,7 @@ func TestUnixUpstream(t *testing.T) {
 }
 
 func TestUpstreamRefusedIs502Fast(t *testing.T) {
-	addr := closedPort(t)
+	addr := testkit.FreeAddr(t)
 	p := startProxy(t, Config{Upstream: "http://" + addr})
 	start := time.Now()
 	resp, err := newClient(1).Get(p.url + "/x")

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 func TestReadiness(t *testing.T) {
@@ -24,7 +26,7 @@ func TestReadiness(t *testing.T) {
 		}
 	}))
 	tcpUp := strings.TrimPrefix(up.URL, "http://")
-	down := closedPort(t)
+	down := testkit.FreeAddr(t)
 	for _, tc := range []struct {
 		upstream, path, err string
 	}{

@@ -135,7 +135,7 @@ func TestTCPHalfClose(t *testing.T) {
 }
 
 func TestTCPUpstreamDownClosesTheClient(t *testing.T) {
-	p, addr := startTCP(t, Config{Upstream: "tcp://" + closedPort(t)})
+	p, addr := startTCP(t, Config{Upstream: "tcp://" + testkit.FreeAddr(t)})
 	c := dialTCP(t, addr)
 	start := time.Now()
 	b, err := io.ReadAll(c)
