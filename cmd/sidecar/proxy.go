@@ -20,12 +20,14 @@ type proxyFlags struct {
 	upstream         *string
 	clientHeader     *time.Duration
 	clientIdle       *time.Duration
+	clientBody       *time.Duration
+	clientSend       *time.Duration
+	maxHeaderBytes   *int
 	upstreamDial     *time.Duration
 	upstreamResponse *time.Duration
 	tcpIdle          *time.Duration
 	readyPath        *string
 	fast             *bool
-	loop             *bool
 }
 
 func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
@@ -33,12 +35,14 @@ func addProxyFlags(fs *flag.FlagSet) *proxyFlags {
 		upstream:         fs.String("upstream", "", "`URL` of the app the built-in reverse-proxy workers forward to: http://host:port, unix:/path or tcp://host:port (L4 pass-through)"),
 		clientHeader:     fs.Duration("client-header-timeout", proxy.DefaultClientHeaderTimeout, "with --upstream: a client's request headers must arrive within this (slowloris defence)"),
 		clientIdle:       fs.Duration("client-idle-timeout", proxy.DefaultClientIdleTimeout, "with --upstream: a client keep-alive connection idle this long is closed"),
+		clientBody:       fs.Duration("client-body-timeout", proxy.DefaultClientBodyTimeout, "with --upstream: a request body that stalls this long between two reads is answered 408 and its connection closed"),
+		clientSend:       fs.Duration("client-send-timeout", proxy.DefaultClientSendTimeout, "with --upstream: a client that leaves its response unread this long is disconnected"),
+		maxHeaderBytes:   fs.Int("max-header-bytes", proxy.DefaultMaxHeaderBytes, fmt.Sprintf("with --upstream: the largest request head (request line and headers) in `bytes`, %d to %d; a larger one is answered 431", proxy.MinMaxHeaderBytes, proxy.MaxMaxHeaderBytes)),
 		upstreamDial:     fs.Duration("upstream-dial-timeout", proxy.DefaultUpstreamDialTimeout, "with --upstream: connecting to the upstream longer than this is a 504"),
 		upstreamResponse: fs.Duration("upstream-response-timeout", proxy.DefaultUpstreamResponseTimeout, "with --upstream: waiting longer than this for the upstream's response headers is a 504"),
 		tcpIdle:          fs.Duration("tcp-idle-timeout", proxy.DefaultTCPIdleTimeout, "with --upstream tcp://: a connection with no bytes either way this long is closed"),
 		readyPath:        fs.String("upstream-ready-path", "", "with --upstream http:// or unix:, the `PATH` /readyz GETs on the upstream (2xx/3xx is ready); without it, /readyz only dials the upstream"),
-		fast:             fs.Bool("proxy-fast", true, "with --upstream: serve plain HTTP/1.1 requests on the fast path; false: net/http's ReverseProxy for everything"),
-		loop:             fs.Bool("proxy-loop", true, "with --upstream and --proxy-fast: serve the common requests on one epoll event loop per worker; false: a goroutine per client connection"),
+		fast:             fs.Bool("proxy-fast", true, "with --upstream: serve HTTP/1.1 requests on one epoll event loop per worker; false: net/http's ReverseProxy for everything"),
 	}
 }
 
@@ -61,6 +65,7 @@ func (f *proxyFlags) apply(c *config) error {
 	}
 	for name, d := range map[string]time.Duration{
 		"client-header-timeout": *f.clientHeader, "client-idle-timeout": *f.clientIdle,
+		"client-body-timeout": *f.clientBody, "client-send-timeout": *f.clientSend,
 		"upstream-dial-timeout": *f.upstreamDial, "upstream-response-timeout": *f.upstreamResponse,
 		"tcp-idle-timeout": *f.tcpIdle,
 	} {
@@ -68,13 +73,17 @@ func (f *proxyFlags) apply(c *config) error {
 			return usageError{fmt.Sprintf("--%s must be positive, got %v", name, d)}
 		}
 	}
+	if n := *f.maxHeaderBytes; n < proxy.MinMaxHeaderBytes || n > proxy.MaxMaxHeaderBytes {
+		return usageError{fmt.Sprintf("--max-header-bytes must be between %d and %d, got %d", proxy.MinMaxHeaderBytes, proxy.MaxMaxHeaderBytes, n)}
+	}
 	c.proxy = &proxy.Config{
 		Upstream:            *f.upstream,
 		ClientHeaderTimeout: *f.clientHeader, ClientIdleTimeout: *f.clientIdle,
+		ClientBodyTimeout: *f.clientBody, ClientSendTimeout: *f.clientSend,
+		MaxHeaderBytes:      *f.maxHeaderBytes,
 		UpstreamDialTimeout: *f.upstreamDial, UpstreamResponseTimeout: *f.upstreamResponse,
 		TCPIdleTimeout: *f.tcpIdle,
 		Fast:           *f.fast,
-		Loop:           *f.loop,
 	}
 	c.upstreamReadyPath = *f.readyPath
 	return nil

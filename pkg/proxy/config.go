@@ -25,17 +25,24 @@ type Config struct {
 	UpstreamResponseTimeout time.Duration `json:"upstreamResponseTimeout,omitempty"`
 	// UpstreamIdleTimeout closes a pooled upstream connection idle this long.
 	UpstreamIdleTimeout time.Duration `json:"upstreamIdleTimeout,omitempty"`
+	// ClientBodyTimeout closes a client connection whose request body
+	// stalls this long between two reads (a 408 if its response has not
+	// begun).
+	ClientBodyTimeout time.Duration `json:"clientBodyTimeout,omitempty"`
+	// ClientSendTimeout closes a client connection that leaves its
+	// response unread this long.
+	ClientSendTimeout time.Duration `json:"clientSendTimeout,omitempty"`
+	// MaxHeaderBytes bounds a request head (request line and fields) and
+	// a response head; a larger request head is answered 431, a larger
+	// response head 502.
+	MaxHeaderBytes int `json:"maxHeaderBytes,omitempty"`
 	// TCPIdleTimeout closes a tcp:// pass-through connection that carried
 	// no byte either way this long.
 	TCPIdleTimeout time.Duration `json:"tcpIdleTimeout,omitempty"`
-	// Fast serves plain HTTP/1.1 requests on the fast path (FastServer):
-	// one goroutine per client connection, no net/http per request; the
-	// rest goes to the ReverseProxy server.
+	// Fast serves HTTP/1.1 requests on the event loop (one per worker:
+	// epoll, raw system calls); the rest, and everything without it, goes
+	// to httputil.ReverseProxy.
 	Fast bool `json:"fast,omitempty"`
-	// Loop, with Fast, serves the fast path's common requests on one
-	// event loop per worker (epoll, raw system calls) rather than a
-	// goroutine per connection; the others still get their goroutine.
-	Loop bool `json:"loop,omitempty"`
 }
 
 // The defaults for zero Config durations.
@@ -45,7 +52,14 @@ const (
 	DefaultUpstreamDialTimeout     = 5 * time.Second
 	DefaultUpstreamResponseTimeout = 60 * time.Second
 	DefaultUpstreamIdleTimeout     = 4 * time.Second
+	DefaultClientBodyTimeout       = 60 * time.Second
+	DefaultClientSendTimeout       = 60 * time.Second
 	DefaultTCPIdleTimeout          = 5 * time.Minute
+	// DefaultMaxHeaderBytes is about what nginx allows (4 buffers of 8 KiB).
+	DefaultMaxHeaderBytes = 32 << 10
+	// MinMaxHeaderBytes and MaxMaxHeaderBytes bound MaxHeaderBytes.
+	MinMaxHeaderBytes = 4 << 10
+	MaxMaxHeaderBytes = 1 << 20
 )
 
 func (c Config) withDefaults() Config {
@@ -58,24 +72,34 @@ func (c Config) withDefaults() Config {
 		{&c.UpstreamDialTimeout, DefaultUpstreamDialTimeout},
 		{&c.UpstreamResponseTimeout, DefaultUpstreamResponseTimeout},
 		{&c.UpstreamIdleTimeout, DefaultUpstreamIdleTimeout},
+		{&c.ClientBodyTimeout, DefaultClientBodyTimeout},
+		{&c.ClientSendTimeout, DefaultClientSendTimeout},
 		{&c.TCPIdleTimeout, DefaultTCPIdleTimeout},
 	} {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
 	}
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
 	return c
 }
 
-// Validate checks the upstream and that no timeout is negative.
+// Validate checks the upstream, that no timeout is negative, and the
+// header limit (0 or within [MinMaxHeaderBytes, MaxMaxHeaderBytes]).
 func (c Config) Validate() error {
 	if _, err := ParseUpstream(c.Upstream); err != nil {
 		return err
+	}
+	if n := c.MaxHeaderBytes; n != 0 && (n < MinMaxHeaderBytes || n > MaxMaxHeaderBytes) {
+		return fmt.Errorf("max header bytes must be between %d and %d, got %d", MinMaxHeaderBytes, MaxMaxHeaderBytes, n)
 	}
 	for name, d := range map[string]time.Duration{
 		"client header timeout": c.ClientHeaderTimeout, "client idle timeout": c.ClientIdleTimeout,
 		"upstream dial timeout": c.UpstreamDialTimeout, "upstream response timeout": c.UpstreamResponseTimeout,
 		"upstream idle timeout": c.UpstreamIdleTimeout, "tcp idle timeout": c.TCPIdleTimeout,
+		"client body timeout": c.ClientBodyTimeout, "client send timeout": c.ClientSendTimeout,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%s must not be negative, got %v", name, d)

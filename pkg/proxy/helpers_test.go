@@ -20,14 +20,14 @@ type proxyUnderTest struct {
 	reg *prometheus.Registry
 }
 
-// lastFast is the FastServer startProxy made last (fast mode).
-var lastFast *FastServer
+// lastServer is the event loop's server startProxy made last (loop mode).
+var lastServer *server
 
 // startProxy serves a Proxy for cfg on 127.0.0.1:0 until the test ends.
 func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	cfg.Fast, cfg.Loop = fastMode, loopMode
+	cfg.Fast = loopMode
 	p, err := New(cfg, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -40,9 +40,9 @@ func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 	switch s := srv.(type) {
 	case *http.Server:
 		s.ErrorLog = nil
-	case *FastServer:
-		s.Fallback.ErrorLog = nil
-		lastFast = s
+	case *server:
+		s.fallback.ErrorLog = nil
+		lastServer = s
 	}
 	served := make(chan struct{})
 	go func() {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -16,15 +15,16 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// The event loop is the fast path's front: one goroutine per worker
-// serves every client connection and its upstream connections from one
-// epoll set, as nginx's workers do. It takes a request when its head, and
-// its body if it has one with a Content-Length, have arrived whole; the
-// response streams back whatever its size and framing. A connection whose
-// next request is anything else (a chunked or large body, Expect, Upgrade,
-// HTTP/1.0, a malformed or huge head) leaves the loop, with the bytes it
-// has read, for a fastConn goroutine, which serves it from then on (and
-// may pass it on to the ReverseProxy server).
+// The event loop serves the HTTP proxy's clients: one goroutine per
+// worker serves every client connection and its upstream connections from
+// one epoll set, as nginx's workers do. It takes every HTTP/1.1 request in
+// origin-form, whatever its body (none, Content-Length or chunked, with or
+// without Expect: 100-continue), streams the body up and the response
+// down with backpressure both ways, and answers what it will not forward
+// (malformed, ambiguous or too large) itself, closing the connection. A
+// connection whose next request is HTTP/1.0, an Upgrade or in another
+// target form leaves the loop, with the bytes it has read, for net/http's
+// server and httputil.ReverseProxy, which serve it from then on.
 //
 // Why: on a small, busy machine the Go scheduler's hand-offs between
 // threads (a goroutine parking on every read, sysmon waking to retake Ps
@@ -36,7 +36,10 @@ import (
 // dial timeout); their descriptors reach the loop through its inbox.
 //
 // Everything below runs on the loop's goroutine except post, dial and the
-// FastServer methods that call post.
+// server methods that call post.
+
+// maxIdleUpstream bounds a worker's pool of idle upstream connections.
+const maxIdleUpstream = 1024
 
 // loopMaxEvents is how many ready descriptors one epoll_wait returns.
 const loopMaxEvents = 256
@@ -66,7 +69,7 @@ type loopMsg struct {
 type loopItem interface{ event(ev uint32) }
 
 type loop struct {
-	s      *FastServer
+	s      *server
 	p      *Proxy
 	epfd   int
 	wakefd int
@@ -86,6 +89,7 @@ type loop struct {
 	idle     []*loopUp // idle upstream connections, most recent last
 	bufs     [][]byte  // free buffers
 	bufsLow  int       // the fewest free buffers since the last trim
+	scratch  []byte    // where lingering connections' bytes are read and dropped
 	later    []*loopClient
 	now      time.Time
 	nextTick time.Time
@@ -94,7 +98,7 @@ type loop struct {
 }
 
 // newLoop creates the loop; run serves it.
-func newLoop(s *FastServer) (*loop, error) {
+func newLoop(s *server) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -106,10 +110,11 @@ func newLoop(s *FastServer) (*loop, error) {
 	}
 	l := &loop{
 		s: s, p: s.p, epfd: epfd, wakefd: wakefd, done: make(chan struct{}),
-		clients: map[*loopClient]struct{}{},
+		clients: map[*loopClient]struct{}{}, scratch: make([]byte, clientReadBuf),
 	}
 	cfg := s.p.cfg
-	l.tick = min(cfg.ClientHeaderTimeout, cfg.ClientIdleTimeout, cfg.UpstreamResponseTimeout, cfg.UpstreamIdleTimeout) / 4
+	l.tick = min(cfg.ClientHeaderTimeout, cfg.ClientIdleTimeout, cfg.ClientBodyTimeout, cfg.ClientSendTimeout,
+		cfg.UpstreamResponseTimeout, cfg.UpstreamIdleTimeout, lingerTimeout) / 4
 	l.tick = max(10*time.Millisecond, min(l.tick, 500*time.Millisecond))
 	// the eventfd is item 0
 	l.items, l.gens = []loopItem{nil}, []uint32{0}
@@ -280,19 +285,12 @@ func (l *loop) closeAll() {
 	l.idle = nil
 }
 
-// sweep enforces the deadlines: the client header and idle timeouts, the
-// upstream response timeout and the upstream pool's idle timeout.
+// sweep enforces the deadlines: the client header, idle, body and send
+// timeouts, the upstream response timeout, lingering closes, and the
+// upstream pool's idle timeout.
 func (l *loop) sweep() {
 	for c := range l.clients {
-		if c.deadline.IsZero() || l.now.Before(c.deadline) {
-			continue
-		}
-		switch c.state {
-		case csIdle, csHead:
-			c.close()
-		case csUpstream:
-			c.upstreamFailed(errResponseTimeout, false)
-		}
+		c.checkDeadlines()
 	}
 	i := 0
 	for i < len(l.idle) && l.now.Sub(l.idle[i].idleSince) >= l.p.cfg.UpstreamIdleTimeout {
@@ -302,10 +300,6 @@ func (l *loop) sweep() {
 	l.idle = append(l.idle[:0], l.idle[i:]...)
 	l.trimBufs()
 }
-
-// errResponseTimeout: the upstream sent no response head in time (a
-// net.Error that times out: a 504).
-var errResponseTimeout = fmt.Errorf("upstream response header timeout: %w", os.ErrDeadlineExceeded)
 
 // register adds fd to the epoll set (edge-triggered) as item.
 func (l *loop) register(fd int, item loopItem) (uint64, error) {
@@ -338,7 +332,8 @@ func (l *loop) release(tok uint64) {
 }
 
 // getBuf is a 16 KiB buffer for a connection with bytes to read. Only
-// connections in the middle of a request hold one.
+// connections in the middle of a request hold one (a request head larger
+// than that gets a buffer of MaxHeaderBytes of its own while it is read).
 func (l *loop) getBuf() []byte {
 	n := len(l.bufs)
 	if n == 0 {
@@ -368,8 +363,8 @@ func (l *loop) trimBufs() {
 // dial connects to the upstream on a goroutine of its own and posts the
 // connection (or the error) for c.
 func (l *loop) dial(c *loopClient, gen uint64) {
-	pool := l.p.pool
-	conn, err := pool.dialer.DialContext(context.Background(), pool.network, pool.address)
+	up := l.p.upstream
+	conn, err := l.p.dialer.DialContext(context.Background(), up.Network, up.Address)
 	fd := -1
 	if err == nil {
 		fd, err = detachFd(conn)
@@ -430,17 +425,23 @@ func (l *loop) dialed(m loopMsg) {
 	l.putIdle(u)
 }
 
-// takeIdle is the most recently used idle upstream connection, if any.
+// takeIdle is the most recently used idle upstream connection that has
+// nothing to read: one the upstream wrote to or closed since its last
+// response (an event this round of the loop has not handled yet, or bytes
+// that came after epoll_wait) is closed instead, so no response meant for
+// nobody reaches the next request.
 func (l *loop) takeIdle() *loopUp {
-	n := len(l.idle)
-	if n == 0 {
-		return nil
+	for n := len(l.idle); n > 0; n = len(l.idle) {
+		u := l.idle[n-1]
+		l.idle[n-1] = nil
+		l.idle = l.idle[:n-1]
+		if !u.readable && rawPeekEmpty(u.fd) {
+			u.reused = true
+			return u
+		}
+		l.closeUp(u)
 	}
-	u := l.idle[n-1]
-	l.idle[n-1] = nil
-	l.idle = l.idle[:n-1]
-	u.reused = true
-	return u
+	return nil
 }
 
 func (l *loop) putIdle(u *loopUp) {
@@ -450,11 +451,7 @@ func (l *loop) putIdle(u *loopUp) {
 	}
 	u.c, u.reused, u.got = nil, false, false
 	u.idleSince = l.now
-	u.r, u.w = 0, 0
-	if u.buf != nil { // a client's next request can use it
-		l.putBuf(u.buf)
-		u.buf = nil
-	}
+	u.releaseBuf()
 	l.idle = append(l.idle, u)
 }
 
@@ -477,10 +474,7 @@ func (l *loop) closeUp(u *loopUp) {
 	l.release(u.tok)
 	unix.Close(u.fd)
 	u.fd = -1
-	if u.buf != nil {
-		l.putBuf(u.buf)
-		u.buf = nil
-	}
+	u.releaseBuf()
 }
 
 // Raw system calls on non-blocking sockets: they never block, so they
@@ -490,6 +484,15 @@ func (l *loop) closeUp(u *loopUp) {
 func rawRead(fd int, b []byte) (int, syscall.Errno) {
 	r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
 	return int(r), e
+}
+
+// rawPeekEmpty reports whether nothing waits to be read on a socket: no
+// byte, no end of stream, no error.
+func rawPeekEmpty(fd int) bool {
+	var b [1]byte
+	_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
+		uintptr(unix.MSG_PEEK|unix.MSG_DONTWAIT), 0, 0)
+	return e == unix.EAGAIN
 }
 
 // rawWritev writes a then b.

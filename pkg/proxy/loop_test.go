@@ -77,9 +77,6 @@ func TestBodyInLaterSegments(t *testing.T) {
 // while its request waits for the upstream gets the upstream request
 // cancelled (its connection closed) and the request counted as 499.
 func TestClientHangupCancelsTheUpstreamRequest(t *testing.T) {
-	if fastMode && !loopMode {
-		t.Skip("the goroutine fast path reads nothing from the client while it waits for the upstream (see the README)")
-	}
 	arrived, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
@@ -258,38 +255,49 @@ func TestMalformedUpstreamResponseIs502(t *testing.T) {
 	}
 }
 
-// TestLoopHandsOverWhatItDoesNotServe: in the loop, a chunked upload and
-// an Expect request go to a goroutine, which serves them; plain requests
-// stay in the loop.
+// TestLoopHandsOverWhatItDoesNotServe: the loop serves plain requests,
+// chunked uploads and Expect: 100-continue itself; an HTTP/1.0 request
+// and an Upgrade go to net/http's server, which answers them.
 func TestLoopHandsOverWhatItDoesNotServe(t *testing.T) {
 	if !loopMode {
 		t.Skip("event loop only")
 	}
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
 	p := startProxy(t, Config{Upstream: up.URL})
-	fs := lastFast
+	s := lastServer
 	c := newClient(1)
-	for i := 0; i < 3; i++ {
-		resp, err := c.Get(p.url + "/plain")
+	for _, body := range []io.Reader{nil, strings.NewReader("abc"), io.MultiReader(strings.NewReader("chunked body"))} {
+		req, _ := http.NewRequest("POST", p.url+"/x", body)
+		if body != nil {
+			req.Header.Set("Expect", "100-continue")
+		}
+		resp, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		mustRead(t, resp.Body)
+		got := mustRead(t, resp.Body)
 		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("status %d: %s", resp.StatusCode, got)
+		}
 	}
-	if n := fs.adopted.Load(); n != 0 {
-		t.Fatalf("%d connections left the loop for plain GETs", n)
+	if n := s.handedOver.Load(); n != 0 {
+		t.Fatalf("%d connections handed over for requests the loop serves", n)
 	}
-	resp, err := c.Post(p.url+"/chunked", "text/plain", io.MultiReader(strings.NewReader("chunked body")))
-	if err != nil {
-		t.Fatal(err)
+	for _, raw := range []string{
+		"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+		"GET http://x/abs HTTP/1.1\r\nHost: x\r\n\r\n",
+	} {
+		conn, br := dialProxy(t, p)
+		io.WriteString(conn, raw)
+		resp, err := http.ReadResponse(br, nil)
+		conn.Close()
+		if err != nil || resp.StatusCode != http.StatusCreated {
+			t.Errorf("%q: %v %v, want 201", raw, resp, err)
+		}
 	}
-	if body := mustRead(t, resp.Body); !bytes.Contains(body, []byte(`"Body":"chunked body"`)) {
-		t.Errorf("chunked upload: %s", body)
-	}
-	resp.Body.Close()
-	if n := fs.adopted.Load(); n != 1 {
-		t.Fatalf("%d connections left the loop, want 1 (the chunked upload's)", n)
+	if n := s.handedOver.Load(); n != 2 {
+		t.Fatalf("%d connections handed over, want 2", n)
 	}
 }
 
@@ -297,12 +305,12 @@ func TestLoopHandsOverWhatItDoesNotServe(t *testing.T) {
 // keep-alive connections at once, but a connection accepted before it that
 // has not sent its first request yet is still served that request.
 func TestShutdownServesConnectionsAcceptedBefore(t *testing.T) {
-	if !fastMode {
-		t.Skip("FastServer only (net/http's Shutdown gives new connections 5 s)")
+	if !loopMode {
+		t.Skip("event loop only (net/http's Shutdown gives new connections 5 s)")
 	}
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
 	p := startProxy(t, Config{Upstream: up.URL})
-	fs := lastFast
+	fs := lastServer
 	idle, idleBr := dialProxy(t, p)
 	io.WriteString(idle, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
 	resp, err := http.ReadResponse(idleBr, nil)

@@ -15,12 +15,20 @@ const (
 	errOther       = "other"       // the connection failed after it was made
 )
 
+// Kinds of client timeouts (the kind label).
+const (
+	timeoutHeader = "header" // the request head did not arrive in time
+	timeoutBody   = "body"   // the request body stalled
+	timeoutSend   = "send"   // the client stopped reading the response
+)
+
 // metrics are the worker's own; the master labels them by slot.
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration prometheus.Histogram
 	upstream *prometheus.CounterVec
 	active   prometheus.Gauge
+	timeouts *prometheus.CounterVec
 
 	// byCode caches requests' children for the usual status codes, so
 	// counting a request allocates nothing and hashes no label
@@ -42,14 +50,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sidecar_proxy_active_connections", Help: "Client connections open, upgraded ones included.",
 		}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecar_proxy_client_timeouts_total", Help: "Client connections closed for a timeout, by kind (header, body, send).",
+		}, []string{"kind"}),
 	}
 	for _, k := range []string{errRefused, errUnreachable, errTimeout, errOther} {
 		m.upstream.WithLabelValues(k)
 	}
+	for _, k := range []string{timeoutHeader, timeoutBody, timeoutSend} {
+		m.timeouts.WithLabelValues(k)
+	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.upstream, m.active)
+		reg.MustRegister(m.requests, m.duration, m.upstream, m.active, m.timeouts)
 	}
 	return m
+}
+
+// timeout counts a client connection closed for a timeout of kind.
+func (m *metrics) timeout(kind string) {
+	m.timeouts.WithLabelValues(kind).Inc()
 }
 
 // request counts one answered request.

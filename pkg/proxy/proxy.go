@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -16,14 +18,17 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Proxy is the reverse-proxy handler of one worker, with its upstream pool.
+// Proxy is the reverse-proxy handler of one worker: httputil.ReverseProxy
+// for the requests the event loop hands over, and what the loop shares
+// with it (configuration, metrics, the dialer).
 type Proxy struct {
 	cfg       Config
 	upstream  Upstream
+	dialer    *net.Dialer
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
 	metrics   *metrics
-	pool      *upPool        // the fast path's upstream connections
+	errLog    *errorLog
 	tunnels   sync.WaitGroup // upgraded connections, which Server.Shutdown does not wait for
 }
 
@@ -35,19 +40,20 @@ func New(cfg Config, reg prometheus.Registerer) (*Proxy, error) {
 	}
 	cfg = cfg.withDefaults()
 	up, _ := ParseUpstream(cfg.Upstream)
-	p := &Proxy{cfg: cfg, upstream: up, metrics: newMetrics(reg), pool: newUpPool(up, cfg)}
 	dialer := &net.Dialer{Timeout: cfg.UpstreamDialTimeout, KeepAlive: 30 * time.Second}
+	p := &Proxy{cfg: cfg, upstream: up, dialer: dialer, metrics: newMetrics(reg), errLog: newErrorLog(time.Second)}
 	p.transport = &http.Transport{
 		Proxy: nil, // never HTTP_PROXY from the environment
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return dialer.DialContext(ctx, up.Network, up.Address)
 		},
-		MaxIdleConns:          0, // no limit across hosts: there is one
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       cfg.UpstreamIdleTimeout,
-		ResponseHeaderTimeout: cfg.UpstreamResponseTimeout,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass Accept-Encoding and bodies through untouched
+		MaxIdleConns:           0, // no limit across hosts: there is one
+		MaxIdleConnsPerHost:    1024,
+		IdleConnTimeout:        cfg.UpstreamIdleTimeout,
+		ResponseHeaderTimeout:  cfg.UpstreamResponseTimeout,
+		MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes),
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
@@ -70,22 +76,43 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetXForwarded()
 }
 
-// ServeHTTP proxies one request and counts it.
+// ServeHTTP proxies one request and counts it. The client body and send
+// timeouts are enforced with deadlines on the client connection, set
+// before every read of the body and every write of the response.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rec := &recorder{ResponseWriter: w, proxy: p}
+	rc := http.NewResponseController(w)
+	rec := &recorder{ResponseWriter: w, proxy: p, rc: rc}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &timedBody{ReadCloser: r.Body, rc: rc, timeout: p.cfg.ClientBodyTimeout}
+	}
 	defer func() { // also when ReverseProxy aborts a broken response with a panic
 		if rec.hijacked {
 			p.metrics.active.Dec()
 			p.tunnels.Done()
+		} else {
+			rc.SetWriteDeadline(time.Time{})
+		}
+		if rec.sendTimedOut {
+			p.metrics.timeout(timeoutSend)
 		}
 		p.metrics.request(rec.status(), time.Since(start).Seconds())
 	}()
 	p.rp.ServeHTTP(rec, r)
+	if !rec.hijacked {
+		rec.Flush() // under the send timeout; what net/http writes after this is a few bytes
+	}
 }
 
 // fail answers a request that got no response from the upstream.
 func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if b, ok := r.Body.(*timedBody); ok && b.timedOut.Load() { // the client's fault, not the upstream's
+		p.metrics.timeout(timeoutBody)
+		klog.V(2).InfoS("Client body timeout", "client", r.RemoteAddr)
+		w.Header().Set("Connection", "close")
+		writeProblem(w, errBodyTimeout)
+		return
+	}
 	if r.Context().Err() != nil { // the client went away: nobody to answer
 		if rec, ok := w.(*recorder); ok {
 			rec.code = 499
@@ -94,12 +121,46 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	kind, code, what := classify(err)
 	p.metrics.upstream.WithLabelValues(kind).Inc()
-	klog.ErrorS(err, "Upstream request failed", "upstream", p.upstream.Name, "kind", kind, "method", r.Method, "path", r.URL.Path)
+	p.errLog.log(kind, err, "Upstream request failed", "upstream", p.upstream.Name, "kind", kind, "request", r.Method+" "+r.URL.Path)
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	fmt.Fprintf(w, "%d %s: upstream %s %s\n", code, http.StatusText(code), p.upstream.Name, what)
+}
+
+// writeProblem answers a refused request as the loop does.
+func writeProblem(w http.ResponseWriter, p *problem) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(p.code)
+	fmt.Fprintf(w, "%d %s: %s\n", p.code, http.StatusText(p.code), p.reason)
+}
+
+// timedBody is a request body read under the client body timeout.
+type timedBody struct {
+	io.ReadCloser
+	rc       *http.ResponseController
+	timeout  time.Duration
+	timedOut atomic.Bool
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case err == io.EOF: // net/http's server reads on, for the client's hang-up: no deadline then
+		b.rc.SetReadDeadline(time.Time{})
+	case err != nil && isTimeout(err):
+		b.timedOut.Store(true)
+	}
+	return n, err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // classify names an upstream error: its kind label, the status to answer
@@ -118,19 +179,21 @@ func classify(err error) (kind string, code int, what string) {
 	return errOther, http.StatusBadGateway, "failed"
 }
 
-// CloseIdleConnections closes the pooled upstream connections not in use.
+// CloseIdleConnections closes ReverseProxy's pooled upstream connections
+// not in use (the loop closes its own when it stops).
 func (p *Proxy) CloseIdleConnections() {
 	p.transport.CloseIdleConnections()
-	p.pool.closeIdle()
 }
 
-// Server is an http.Server for p with the client timeouts, counting
-// client connections.
+// Server is an http.Server for p with the client timeouts and header
+// limit, counting client connections. net/http reads up to 4 KiB past
+// MaxHeaderBytes before it refuses a head, so it is given that much less.
 func (p *Proxy) Server() *http.Server {
 	return &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: p.cfg.ClientHeaderTimeout,
 		IdleTimeout:       p.cfg.ClientIdleTimeout,
+		MaxHeaderBytes:    max(p.cfg.MaxHeaderBytes-4096, 1),
 		ErrorLog:          klog.NewStandardLogger("ERROR"),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			switch s {
@@ -165,12 +228,15 @@ func wait(ctx context.Context, wg *sync.WaitGroup) error {
 }
 
 // recorder notes the status written and whether the connection was
-// hijacked; flushing reaches the real writer through Unwrap.
+// hijacked, and sets the send timeout before each write; flushing
+// reaches the real writer through Unwrap.
 type recorder struct {
 	http.ResponseWriter
-	proxy    *Proxy
-	code     int
-	hijacked bool
+	proxy        *Proxy
+	rc           *http.ResponseController
+	code         int
+	hijacked     bool
+	sendTimedOut bool
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -184,15 +250,27 @@ func (r *recorder) Write(b []byte) (int, error) {
 	if r.code == 0 {
 		r.code = http.StatusOK
 	}
-	return r.ResponseWriter.Write(b)
+	r.rc.SetWriteDeadline(time.Now().Add(r.proxy.cfg.ClientSendTimeout))
+	n, err := r.ResponseWriter.Write(b)
+	r.sendTimedOut = r.sendTimedOut || err != nil && isTimeout(err)
+	return n, err
+}
+
+// Flush writes what is buffered, under the send timeout.
+func (r *recorder) Flush() {
+	r.rc.SetWriteDeadline(time.Now().Add(r.proxy.cfg.ClientSendTimeout))
+	if err := r.rc.Flush(); err != nil && isTimeout(err) {
+		r.sendTimedOut = true
+	}
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // Hijack is called by ReverseProxy for a 101 Switching Protocols.
 func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, rw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	c, rw, err := r.rc.Hijack()
 	if err == nil {
+		c.SetDeadline(time.Time{}) // a tunnel has no body or send timeout
 		r.code, r.hijacked = http.StatusSwitchingProtocols, true
 		r.proxy.tunnels.Add(1)
 	}

@@ -1,0 +1,264 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// Service serves a Proxy on listeners: an *http.Server (ReverseProxy
+// only) or a *server (the event loop in front of one).
+type Service interface {
+	Serve(ln net.Listener) error
+	Shutdown(ctx context.Context) error
+	Close() error
+}
+
+// NewService is the server for p's configuration: the event loop with
+// Config.Fast (unless the system refuses it one), else the plain
+// http.Server.
+func (p *Proxy) NewService() Service {
+	if p.cfg.Fast {
+		s, err := p.newServer()
+		if err == nil {
+			return s
+		}
+		klog.ErrorS(err, "Proxy event loop unavailable; serving every request with httputil.ReverseProxy")
+	}
+	return p.Server()
+}
+
+// server serves the proxy on listeners: every accepted connection goes to
+// the event loop, which hands the connections it does not serve (their
+// next request is HTTP/1.0, an Upgrade, a target not in origin-form) to
+// fallback, net/http's server with httputil.ReverseProxy, with the bytes
+// it has read.
+type server struct {
+	p        *Proxy
+	fallback *http.Server // serves the connections handed over
+	handoff  *handoffListener
+	served   chan struct{} // fallback.Serve returned
+	loop     *loop
+
+	mu       sync.Mutex
+	lns      map[net.Listener]struct{}
+	shutting atomic.Bool
+	running  sync.WaitGroup // connections in the loop, and on their way to fallback
+
+	handedOver atomic.Int64 // connections given to fallback (for tests)
+}
+
+func (p *Proxy) newServer() (*server, error) {
+	s := &server{
+		p: p, fallback: p.Server(), served: make(chan struct{}),
+		handoff: &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
+		lns:     map[net.Listener]struct{}{},
+	}
+	l, err := newLoop(s)
+	if err != nil {
+		return nil, err
+	}
+	s.loop = l
+	go l.run()
+	go func() {
+		defer close(s.served)
+		s.fallback.Serve(s.handoff)
+	}()
+	return s, nil
+}
+
+// Serve accepts connections on ln until it is closed or the server shuts
+// down; it returns http.ErrServerClosed after Shutdown or Close.
+func (s *server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutting.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	s.lns[ln] = struct{}{}
+	if s.handoff.addr == nil {
+		s.handoff.addr = ln.Addr()
+	}
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.shutting.Load() {
+				return http.ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.p.errLog.log("accept", err, "Accept failed; retrying", "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if !s.add() {
+			c.Close()
+			return http.ErrServerClosed
+		}
+		s.p.metrics.active.Inc()
+		if _, ok := c.(syscall.Conn); !ok || !s.loop.running() {
+			go s.handOver(c, nil)
+			continue
+		}
+		s.toLoop(c)
+	}
+}
+
+// add counts a new connection in; false if the server is shutting down.
+func (s *server) add() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutting.Load() {
+		return false
+	}
+	s.running.Add(1)
+	return true
+}
+
+// toLoop gives a new (counted) connection to the event loop.
+func (s *server) toLoop(c net.Conn) {
+	ip := ""
+	if host, _, err := net.SplitHostPort(c.RemoteAddr().String()); err == nil {
+		ip = host
+	}
+	fd, err := detachFd(c)
+	if err != nil {
+		s.p.errLog.log("detach", err, "Cannot take a client connection's descriptor")
+		s.loopConnClosed()
+		return
+	}
+	s.loop.post(loopMsg{kind: msgClient, fd: fd, ip: ip})
+}
+
+// loopConnClosed is called once a connection counted in is closed or has
+// reached fallback.
+func (s *server) loopConnClosed() {
+	s.p.metrics.active.Dec()
+	s.running.Done()
+}
+
+// handOver gives a counted connection to fallback, which reads prefix
+// first (fallback counts it from then on).
+func (s *server) handOver(c net.Conn, prefix []byte) {
+	s.handedOver.Add(1)
+	if len(prefix) > 0 {
+		c = &prefixConn{Conn: c, prefix: prefix}
+	}
+	if !s.handoff.give(c) {
+		c.Close()
+	}
+	s.loopConnClosed()
+}
+
+// closeListeners stops accepting and marks the server shutting down.
+func (s *server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shutting.Store(true)
+	for ln := range s.lns {
+		ln.Close()
+	}
+	s.lns = map[net.Listener]struct{}{}
+}
+
+// stopLoop closes the loop's connections and waits for it to return.
+func (s *server) stopLoop() {
+	s.loop.post(loopMsg{kind: msgClose})
+	<-s.loop.done
+}
+
+// Shutdown stops accepting, closes idle connections, lets requests in
+// flight finish (each connection closes after its response), then shuts
+// fallback down; ctx bounds the wait.
+func (s *server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	s.loop.post(loopMsg{kind: msgShutdown})
+	err := wait(ctx, &s.running)
+	s.stopLoop() // (after the wait: idle upstream connections; on ctx's end: the rest)
+	if err != nil {
+		s.fallback.Close()
+		<-s.served
+		return err
+	}
+	err = s.fallback.Shutdown(ctx)
+	<-s.served
+	return err
+}
+
+// Close closes the listeners and every connection at once.
+func (s *server) Close() error {
+	s.closeListeners()
+	s.stopLoop()
+	err := s.fallback.Close()
+	<-s.served
+	return err
+}
+
+// prefixConn reads prefix, then the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// handoffListener gives the connections the loop hands over to the
+// fallback http.Server.
+type handoffListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *handoffListener) Addr() net.Addr {
+	if l.addr == nil {
+		return &net.TCPAddr{}
+	}
+	return l.addr
+}
+
+// give hands c over; false if the fallback server is closed.
+func (l *handoffListener) give(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
