@@ -59,6 +59,8 @@ type request struct {
 	close      bool // the client asked to close after this one
 	expect     bool // Expect: 100-continue (the upstream's 100 is passed on)
 	teTrailers bool // TE: trailers
+	http10     bool // HTTP/1.0
+	netHTTP    bool // for net/http's server (an Upgrade, HTTP/1.0, a target not in origin-form)
 }
 
 // response is what the loop needs to know of a response.
@@ -70,9 +72,8 @@ type response struct {
 	close     bool  // the upstream closes the connection after it
 }
 
-// problem is why the loop does not serve a request itself: code 0 hands
-// the connection to net/http's server, anything else is answered with
-// that status and the connection closed.
+// problem is why the loop refuses a request: it answers code, with reason
+// in the body, and closes the connection.
 type problem struct {
 	code   int
 	reason string
@@ -93,6 +94,7 @@ var (
 	errLengthAndTE  = &problem{http.StatusBadRequest, "both Content-Length and Transfer-Encoding"}
 	errManyTE       = &problem{http.StatusBadRequest, "more than one Transfer-Encoding"}
 	errTE           = &problem{http.StatusNotImplemented, "unsupported Transfer-Encoding"}
+	errTE10         = &problem{http.StatusBadRequest, "Transfer-Encoding in an HTTP/1.0 request"}
 	errExpect       = &problem{http.StatusExpectationFailed, "unsupported Expect"}
 	errHeadTooLarge = &problem{http.StatusRequestHeaderFieldsTooLarge, "request header too large"}
 	errBadChunked   = &problem{http.StatusBadRequest, "malformed chunked body"}
@@ -259,9 +261,10 @@ func (ph *heads) scanFields(head []byte) (first []byte, hdrs []header, ok bool) 
 	return first, hdrs, true
 }
 
-// parseRequestLine reads "method SP origin-form SP HTTP/1.1" into req.
-// Other versions and target forms go to net/http (HTTP/1.0, absolute-form,
-// authority-form, asterisk-form) or are refused.
+// parseRequestLine reads "method SP request-target SP HTTP/1.x" into req.
+// A request the loop leaves to net/http (HTTP/1.0, a target not in
+// origin-form, CONNECT, PRI) is marked netHTTP; the loop still checks its
+// fields first, so one set of framing rules holds whoever serves it.
 func parseRequestLine(line []byte, req *request) *problem {
 	method, rest, ok := bytes.Cut(line, sp)
 	if !ok || !isToken(method) {
@@ -271,32 +274,32 @@ func parseRequestLine(line []byte, req *request) *problem {
 	if !ok || len(target) == 0 {
 		return errRequestLine
 	}
+	*req = request{method: method, target: target}
 	switch {
 	case string(version) == "HTTP/1.1":
 	case string(version) == "HTTP/1.0":
-		return forNetHTTP
+		req.http10, req.netHTTP = true, true
 	case len(version) == 8 && string(version[:5]) == "HTTP/" && isDigit(version[5]) && version[6] == '.' && isDigit(version[7]):
 		return errVersion
 	default:
 		return errRequestLine
 	}
-	if target[0] != '/' {
+	switch {
+	case target[0] != '/': // absolute-form, authority-form (CONNECT), asterisk-form
 		if !isVisible(target) {
 			return errTarget
 		}
-		return forNetHTTP // absolute-form, authority-form (CONNECT), asterisk-form
-	}
-	if !validOriginForm(target) {
+		req.netHTTP = true
+	case !validOriginForm(target):
 		return errTarget
 	}
-	*req = request{method: method, target: target}
 	switch string(method) {
 	case "GET", "OPTIONS", "TRACE":
 		req.idempotent = true
 	case "HEAD":
 		req.idempotent, req.head = true, true
 	case "CONNECT", "PRI":
-		return forNetHTTP
+		req.netHTTP = true
 	}
 	return nil
 }
@@ -364,7 +367,7 @@ func (ph *heads) scanRequest(hdrs []header, req *request) *problem {
 		}
 	}
 	switch {
-	case hosts == 0:
+	case hosts == 0 && !req.http10:
 		return errNoHost
 	case hosts > 1:
 		return errManyHosts
@@ -372,6 +375,8 @@ func (ph *heads) scanRequest(hdrs []header, req *request) *problem {
 		return errBadHost
 	case tes > 0 && lengths > 0:
 		return errLengthAndTE
+	case tes > 0 && req.http10:
+		return errTE10
 	}
 	for _, t := range ph.toks {
 		switch {
@@ -382,7 +387,7 @@ func (ph *heads) scanRequest(hdrs []header, req *request) *problem {
 		}
 	}
 	if upgrade {
-		return forNetHTTP // a tunnel: httputil.ReverseProxy
+		req.netHTTP = true // a tunnel: httputil.ReverseProxy
 	}
 	if tes > 0 {
 		req.length = -1

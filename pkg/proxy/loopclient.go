@@ -174,9 +174,9 @@ func (c *loopClient) readRequest() {
 			c.r = 0
 		case c.w == len(c.buf): // a head larger than the loop's buffers
 			big := make([]byte, max)
-			c.w = copy(big, c.buf[c.r:c.w])
+			w, scanned := copy(big, c.buf[c.r:c.w]), c.scanned
 			c.releaseBuf()
-			c.buf = big
+			c.buf, c.w, c.scanned = big, w, scanned
 		}
 		n, errno := rawRead(c.fd, c.buf[c.w:])
 		switch {
@@ -235,11 +235,11 @@ func (c *loopClient) startRequest(head []byte) {
 		}
 	}
 	switch {
-	case prob == forNetHTTP:
-		c.handOver()
-		return
 	case prob != nil:
 		c.reject(prob)
+		return
+	case req.netHTTP:
+		c.handOver()
 		return
 	}
 	c.h.writeRequestHead(&req)

@@ -122,9 +122,9 @@ func (c *loopClient) readUp() bool {
 		u.r = 0
 	case c.state == csUpstream && len(u.buf) < c.l.p.cfg.MaxHeaderBytes: // a large response head
 		big := make([]byte, c.l.p.cfg.MaxHeaderBytes)
-		u.w = copy(big, u.buf)
+		w := copy(big, u.buf)
 		u.releaseBuf()
-		u.buf = big
+		u.buf, u.w = big, w
 	case c.state == csUpstream:
 		c.upstreamFailed(errUpstreamHeadTooLarge, false)
 		return false

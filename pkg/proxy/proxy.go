@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
+	"net/textproto"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -84,8 +86,24 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	rec := &recorder{ResponseWriter: w, proxy: p, rc: rc}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &timedBody{ReadCloser: r.Body, rc: rc, timeout: p.cfg.ClientBodyTimeout}
+		rec.body = &timedBody{ReadCloser: r.Body, rc: rc, timeout: p.cfg.ClientBodyTimeout}
+		r.Body = rec.body
 	}
+	if len(r.TransferEncoding) > 0 {
+		// net/http reads a chunked body even with a Content-Length beside
+		// it (removed before the handler can see it): RFC 9112 §6.1 then
+		// asks to close the connection after the response
+		w.Header().Set("Connection", "close")
+	}
+	interim := 0
+	r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+		Got1xxResponse: func(int, textproto.MIMEHeader) error {
+			if interim++; interim > maxInterim {
+				return errTooManyInterim
+			}
+			return nil
+		},
+	}))
 	defer func() { // also when ReverseProxy aborts a broken response with a panic
 		if rec.hijacked {
 			p.metrics.active.Dec()
@@ -106,7 +124,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // fail answers a request that got no response from the upstream.
 func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if b, ok := r.Body.(*timedBody); ok && b.timedOut.Load() { // the client's fault, not the upstream's
+	rec, _ := w.(*recorder)
+	var body *timedBody
+	if rec != nil {
+		body = rec.body
+	}
+	if body != nil && body.timedOut.Load() { // the client's fault, not the upstream's
 		p.metrics.timeout(timeoutBody)
 		klog.V(2).InfoS("Client body timeout", "client", r.RemoteAddr)
 		w.Header().Set("Connection", "close")
@@ -114,9 +137,15 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	if r.Context().Err() != nil { // the client went away: nobody to answer
-		if rec, ok := w.(*recorder); ok {
+		if rec != nil {
 			rec.code = 499
 		}
+		return
+	}
+	if body != nil && body.malformed.Load() { // (net/http's chunked reader refused it)
+		klog.V(2).InfoS("Refused a request", "code", errBadChunked.code, "reason", errBadChunked.reason, "client", r.RemoteAddr)
+		w.Header().Set("Connection", "close")
+		writeProblem(w, errBadChunked)
 		return
 	}
 	kind, code, what := classify(err)
@@ -138,12 +167,14 @@ func writeProblem(w http.ResponseWriter, p *problem) {
 	fmt.Fprintf(w, "%d %s: %s\n", p.code, http.StatusText(p.code), p.reason)
 }
 
-// timedBody is a request body read under the client body timeout.
+// timedBody is a request body read under the client body timeout, noting
+// why reading it failed.
 type timedBody struct {
 	io.ReadCloser
-	rc       *http.ResponseController
-	timeout  time.Duration
-	timedOut atomic.Bool
+	rc        *http.ResponseController
+	timeout   time.Duration
+	timedOut  atomic.Bool
+	malformed atomic.Bool // not a timeout, nor the client going away
 }
 
 func (b *timedBody) Read(p []byte) (int, error) {
@@ -154,6 +185,8 @@ func (b *timedBody) Read(p []byte) (int, error) {
 		b.rc.SetReadDeadline(time.Time{})
 	case err != nil && isTimeout(err):
 		b.timedOut.Store(true)
+	case err != nil:
+		b.malformed.Store(true)
 	}
 	return n, err
 }
@@ -234,6 +267,7 @@ type recorder struct {
 	http.ResponseWriter
 	proxy        *Proxy
 	rc           *http.ResponseController
+	body         *timedBody // the request's, if it has one
 	code         int
 	hijacked     bool
 	sendTimedOut bool
