@@ -289,6 +289,8 @@ func rawRequestCases() []rawCase {
 		{name: "pipelined after a refusal", req: req("GET /%zz HTTP/1.1", "Host: a", "", "") + req("GET /2 HTTP/1.1", "Host: a", "", ""),
 			want: refused(400)},
 		{name: "head too large", req: req("GET / HTTP/1.1", "Host: a", "X: "+strings.Repeat("x", DefaultMaxHeaderBytes), "", ""), want: refused(431)},
+		{name: "head just too large", req: req("GET / HTTP/1.1", "Host: a", "X: "+strings.Repeat("x", DefaultMaxHeaderBytes-20), "", ""), want: refused(431)},
+		{name: "head of 30 KiB", req: req("GET / HTTP/1.1", "Host: a", "X: "+strings.Repeat("x", 30<<10), "", ""), want: served},
 		{name: "Expect: 100-continue", req: post("Content-Length: 3", "Expect: 100-continue") + "abc", want: served, check: bodyIs("abc")},
 		{name: "Expect: other", req: post("Content-Length: 3", "Expect: magic") + "abc", want: refused(417)},
 	}
@@ -369,7 +371,7 @@ func TestRawExchanges(t *testing.T) {
 					t.Error(err)
 				}
 				if got := up.requests(); len(got) != want.upstream {
-					t.Errorf("the upstream parsed %d requests, want %d: %+v", len(got), want.upstream, got)
+					t.Errorf("the upstream parsed %d requests, want %d: %.300v", len(got), want.upstream, got)
 				}
 				return
 			}
@@ -396,7 +398,7 @@ func TestRawExchanges(t *testing.T) {
 				method = ""
 			}
 			if fmt.Sprint(codes) != fmt.Sprint(want.codes) {
-				t.Errorf("codes %v, want %v (bodies %q)", codes, want.codes, bodies)
+				t.Errorf("codes %v, want %v (bodies %.300q)", codes, want.codes, bodies)
 			}
 			if want.open {
 				io.WriteString(c, "GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -411,7 +413,7 @@ func TestRawExchanges(t *testing.T) {
 				t.Error(err)
 			}
 			if got := up.requests(); len(got) != want.upstream {
-				t.Errorf("the upstream parsed %d requests, want %d: %+v", len(got), want.upstream, got)
+				t.Errorf("the upstream parsed %d requests, want %d: %.300v", len(got), want.upstream, got)
 			}
 			if tc.check != nil {
 				tc.check(t, up.requests(), bodies)

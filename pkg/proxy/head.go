@@ -68,6 +68,7 @@ type response struct {
 	code      int
 	length    int64 // body length; -1: chunked
 	hasLength bool  // the upstream sent a Content-Length
+	declared  int64 // its value (a HEAD's or 304's is not the body's)
 	toEOF     bool  // the body runs until the upstream closes
 	close     bool  // the upstream closes the connection after it
 }
@@ -495,7 +496,7 @@ func (ph *heads) scanResponse(hdrs []header, req *request, code int, http10 bool
 				return resp, false
 			}
 			lengths++
-			resp.length, resp.hasLength = n, true
+			resp.length, resp.hasLength, resp.declared = n, true, n
 		case hTransferEncoding:
 			if tes++; tes > 1 || !equalFold(h.value, "chunked") {
 				return resp, false
@@ -549,26 +550,13 @@ func (ph *heads) writeResponseHead(statusLine []byte, resp *response, closing bo
 	case code < 200 || code == 204:
 	case resp.length < 0:
 		out = append(out, "Transfer-Encoding: chunked\r\n"...)
-	case resp.hasLength && resp.length > 0:
-		out = appendLength(out, resp.length)
-	case resp.hasLength: // a HEAD or 304 says the length of what it has no body for
-		out = ph.appendUpstreamLength(out)
+	case resp.hasLength: // (a HEAD's or 304's says the length of what it has no body for)
+		out = appendLength(out, resp.declared)
 	}
 	if code >= 200 && (closing || resp.toEOF) {
 		out = append(out, "Connection: close\r\n"...)
 	}
 	ph.resp = append(out, crlf...)
-}
-
-// appendUpstreamLength appends the (valid) Content-Length field of the
-// response in ph.hdrs.
-func (ph *heads) appendUpstreamLength(out []byte) []byte {
-	for _, h := range ph.hdrs {
-		if kindOf(h.name) == hContentLength {
-			return appendHeader(out, []byte("Content-Length"), h.value)
-		}
-	}
-	return out
 }
 
 // addTokens notes the comma-separated tokens of a Connection header.

@@ -12,8 +12,8 @@ import (
 )
 
 // TestConcurrentClients: 200 keep-alive clients for two seconds, each
-// checking that it gets its own answer; no error at all, and the upstream
-// pool stays at about one connection per concurrent request.
+// checking that it gets its own answer; no error at all, and the loop's
+// upstream pool stays at about one connection per concurrent request.
 func TestConcurrentClients(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a two-second load test")
@@ -59,7 +59,7 @@ func TestConcurrentClients(t *testing.T) {
 	if n < clients {
 		t.Errorf("only %d requests", n)
 	}
-	if conns > 2*clients {
+	if loopMode && conns > 2*clients { // (the plain path has no pool)
 		t.Errorf("%d upstream connections for %d concurrent clients: the pool is not reused", conns, clients)
 	}
 }

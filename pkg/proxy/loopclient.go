@@ -529,7 +529,7 @@ func (c *loopClient) checkDeadlines() {
 	case past(c.sendDeadline):
 		l.p.metrics.timeout(timeoutSend)
 		klog.V(2).InfoS("Client send timeout: the response is not being read", "client", c.h.ip)
-		c.close()
+		c.reset()
 	}
 }
 
@@ -558,6 +558,14 @@ func (c *loopClient) close() {
 	c.releaseBuf()
 	delete(l.clients, c)
 	l.s.loopConnClosed()
+}
+
+// reset closes the client connection with a reset: what its socket still
+// held for the client is dropped at once, not kept by the kernel for a
+// client that does not read (as nginx's reset_timedout_connection).
+func (c *loopClient) reset() {
+	unix.SetsockoptLinger(c.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	c.close()
 }
 
 // handOver gives the connection, with what it has read, to net/http's

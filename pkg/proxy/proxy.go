@@ -49,9 +49,14 @@ func New(cfg Config, reg prometheus.Registerer) (*Proxy, error) {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return dialer.DialContext(ctx, up.Network, up.Address)
 		},
-		MaxIdleConns:           0, // no limit across hosts: there is one
-		MaxIdleConnsPerHost:    1024,
-		IdleConnTimeout:        cfg.UpstreamIdleTimeout,
+		// No pool: net/http's Transport puts a connection back in its pool
+		// without checking that the upstream sent nothing past the
+		// response, so an upstream that sends a body on a HEAD, 204 or
+		// 304, or more than its Content-Length, would have those bytes
+		// read as the next request's response (another client's, maybe).
+		// The event loop's pool checks; this path is for the rare requests
+		// (HTTP/1.0, Upgrade, absolute-form) and --proxy-fast=false.
+		DisableKeepAlives:      true,
 		ResponseHeaderTimeout:  cfg.UpstreamResponseTimeout,
 		MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes),
 		ExpectContinueTimeout:  time.Second,
@@ -286,14 +291,20 @@ func (r *recorder) Write(b []byte) (int, error) {
 	}
 	r.rc.SetWriteDeadline(time.Now().Add(r.proxy.cfg.ClientSendTimeout))
 	n, err := r.ResponseWriter.Write(b)
-	r.sendTimedOut = r.sendTimedOut || err != nil && isTimeout(err)
+	r.noteSendError(err)
 	return n, err
 }
 
 // Flush writes what is buffered, under the send timeout.
 func (r *recorder) Flush() {
 	r.rc.SetWriteDeadline(time.Now().Add(r.proxy.cfg.ClientSendTimeout))
-	if err := r.rc.Flush(); err != nil && isTimeout(err) {
+	r.noteSendError(r.rc.Flush())
+}
+
+// noteSendError notes a send timeout (net/http then closes the
+// connection).
+func (r *recorder) noteSendError(err error) {
+	if err != nil && isTimeout(err) {
 		r.sendTimedOut = true
 	}
 }
