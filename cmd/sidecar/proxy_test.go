@@ -94,6 +94,9 @@ func TestProxyBadUpstream(t *testing.T) {
 		{[]string{"--upstream", "http://app:3000", "--", "node"}, "--upstream and a worker command cannot be combined"},
 		{[]string{"--upstream", "http://app:3000", "--upstream-dial-timeout", "0s"}, "--upstream-dial-timeout must be positive"},
 		{[]string{"--upstream", "tcp://db:5432", "--tcp-idle-timeout", "-1s"}, "--tcp-idle-timeout must be positive"},
+		{[]string{"--upstream", "http://app:3000", "--client-body-timeout", "0s"}, "--client-body-timeout must be positive"},
+		{[]string{"--upstream", "http://app:3000", "--client-send-timeout", "-5s"}, "--client-send-timeout must be positive"},
+		{[]string{"--upstream", "http://app:3000", "--max-header-bytes", "100"}, "--max-header-bytes must be between 4096 and 1048576, got 100"},
 		{[]string{"--upstream-ready-path", "/healthz"}, "--upstream-ready-path needs --upstream"},
 		{[]string{"--upstream", "http://app:3000", "--upstream-ready-path", "healthz"}, `--upstream-ready-path: upstream ready path "healthz": want /path[?query]`},
 	} {
@@ -123,6 +126,7 @@ func TestHelpListsProxyFlags(t *testing.T) {
 		"--upstream URL", "$SIDECAR_UPSTREAM]", "$SIDECAR_CLIENT_HEADER_TIMEOUT", "$SIDECAR_CLIENT_IDLE_TIMEOUT",
 		"$SIDECAR_UPSTREAM_DIAL_TIMEOUT", "$SIDECAR_UPSTREAM_RESPONSE_TIMEOUT", "sidecar --upstream http://127.0.0.1:3000",
 		"$SIDECAR_TCP_IDLE_TIMEOUT", "--upstream-ready-path PATH", "$SIDECAR_UPSTREAM_READY_PATH", "sidecar --upstream tcp://",
+		"$SIDECAR_CLIENT_BODY_TIMEOUT", "$SIDECAR_CLIENT_SEND_TIMEOUT", "--max-header-bytes bytes", "$SIDECAR_MAX_HEADER_BYTES",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("--help lacks %q", want)
