@@ -25,23 +25,24 @@ import (
 
 // options is the command line.
 type options struct {
-	workers    []int
-	duration   time.Duration
-	warmup     time.Duration
-	threads    int
-	conns      int
-	timeout    time.Duration
-	startLimit time.Duration
-	out        string
-	only       string
-	rev        string
-	extra      []string // more sidecar flags
-	quietWait  time.Duration
-	quiet      float64
-	noise      float64
-	retries    int
-	proxy      bool  // the proxy scenario instead of the cluster setups
-	proxyConns []int // wrk -c values for the proxy scenario
+	workers     []int
+	duration    time.Duration
+	warmup      time.Duration
+	threads     int
+	conns       int
+	timeout     time.Duration
+	startLimit  time.Duration
+	out         string
+	only        string
+	rev         string
+	extra       []string // more sidecar flags
+	quietWait   time.Duration
+	quiet       float64
+	noise       float64
+	retries     int
+	proxy       bool  // the proxy scenario instead of the cluster setups
+	proxyConns  []int // wrk -c values for the proxy scenario
+	proxyUpload bool  // the proxy setups also in uploadMode
 }
 
 func main() {
@@ -86,9 +87,10 @@ func parseOptions(args []string) (*options, error) {
 	fs.IntVar(&o.retries, "retries", 2, "at most this many extra runs per mode because of -noise")
 	fs.StringVar(&o.rev, "rev", "", "build sidecar from this git revision (git archive) instead of the working tree")
 	extra := fs.String("sidecar-args", "", "more sidecar flags, space-separated (they come last, so they win), e.g. --admin-addr=")
-	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all cluster setups, or (a)-(d) of the proxy scenario with -proxy; proxy-sidecar-goroutines and proxy-sidecar-reverseproxy only when named)")
-	fs.BoolVar(&o.proxy, "proxy", false, "run the proxy scenario: a Go hello upstream behind sidecar --upstream, nginx, HAProxy, and direct (keep-alive only)")
+	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all cluster setups, or (a)-(d) of the proxy scenario with -proxy; proxy-sidecar-reverseproxy only when named)")
+	fs.BoolVar(&o.proxy, "proxy", false, "run the proxy scenario: a Go hello upstream behind sidecar --upstream, nginx, HAProxy, and direct (wrk keep-alive: GETs, and chunked uploads with -proxy-upload)")
 	proxyConns := fs.String("proxy-conns", "50", "comma-separated wrk -c values for the proxy scenario, e.g. 50,200")
+	fs.BoolVar(&o.proxyUpload, "proxy-upload", true, "proxy setups: also the upload mode, keep-alive POST /upload with a 4 KiB body sent chunked (3000 + 1096 bytes)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

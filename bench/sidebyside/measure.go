@@ -30,7 +30,9 @@ type result struct {
 }
 
 // measureSetup starts the setup with n workers, waits until it serves,
-// warms it up, loads it in both modes and stops it.
+// warms it up, loads it in each of its modes (keep-alive and close; for a
+// proxy setup keep-alive and, with -proxy-upload, upload, at every
+// -proxy-conns) and stops it.
 func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) (rs []result, err error) {
 	busy0, err := waitQuiet(ctx, o.quietWait, o.quiet)
 	if err != nil {
@@ -42,6 +44,9 @@ func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) 
 	if s.isProxy() {
 		p, listeners, err = e.startProxy(s, n)
 		modes, conns = []mode{keepAlive}, o.proxyConns
+		if o.proxyUpload {
+			modes = append(modes, uploadMode)
+		}
 	} else {
 		p, err = e.start(s, n)
 	}
@@ -64,7 +69,7 @@ func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) 
 		return nil, err
 	}
 	spec := wrkSpec{port: port, duration: o.warmup, threads: o.threads, conns: conns[0], timeout: o.timeout,
-		script: e.tallyScript(), mode: keepAlive}
+		script: e.script(keepAlive), mode: keepAlive}
 	warm, err := runWrk(ctx, e.wrk, spec, filepath.Join(e.logs, fmt.Sprintf("%s-%dw-warmup.txt", s.name, n)))
 	if err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
@@ -73,7 +78,7 @@ func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) 
 	spec.duration = o.duration
 	for _, c := range conns {
 		for _, m := range modes {
-			spec.mode, spec.conns = m, c
+			spec.mode, spec.conns, spec.script = m, c, e.script(m)
 			r, err := measureQuietly(ctx, e, o, p, spec, s, n)
 			if err != nil {
 				return rs, err

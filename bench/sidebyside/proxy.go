@@ -2,11 +2,13 @@ package main
 
 // The proxy scenario (-proxy): one Go hello upstream, started once by the
 // harness (this binary re-executed with -serve-upstream), behind sidecar
-// --upstream, nginx and HAProxy, and loaded directly, with wrk keep-alive.
+// --upstream, nginx and HAProxy, and loaded directly, with wrk keep-alive:
+// GETs, and (-proxy-upload) POSTs with a 4 KiB chunked body.
 
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -31,30 +34,57 @@ var proxySetups = []setup{
 	{name: "proxy-direct", label: "(d) direct to the upstream", master: proxyDirect},
 }
 
-// proxyVariants are sidecar's slower proxy paths, run only when -only
-// names them: the goroutine-per-connection fast path and ReverseProxy.
+// proxyVariants are sidecar's slower proxy path, run only when -only names
+// it: httputil.ReverseProxy for everything.
 var proxyVariants = []setup{
-	{name: "proxy-sidecar-goroutines", label: "(a′) sidecar --upstream --proxy-loop=false", master: proxySidecar, args: []string{"--proxy-loop=false"}},
 	{name: "proxy-sidecar-reverseproxy", label: "(a″) sidecar --upstream --proxy-fast=false", master: proxySidecar, args: []string{"--proxy-fast=false"}},
 }
 
 func (s setup) isProxy() bool { return s.master >= proxySidecar }
 
 // serveUpstream is the hello upstream: HTTP/1.1 keep-alive on a free port
-// of 127.0.0.1, "hello" to every request. It prints the port and serves
-// until killed.
+// of 127.0.0.1, upstreamHandler. It prints the port and serves until
+// killed.
 func serveUpstream() error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	fmt.Printf("UPSTREAM listening 127.0.0.1:%d\n", ln.Addr().(*net.TCPAddr).Port)
+	return http.Serve(ln, upstreamHandler())
+}
+
+// upstreamHandler reads the request's whole body, then answers "hello";
+// for a request with a body it says in bodyHeader what it read.
+func upstreamHandler() http.Handler {
 	body := []byte("hello")
-	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil { // a 400 and a closed connection: wrk counts it (non-2xx)
+			w.Header().Set("Connection", "close")
+			http.Error(w, "reading the body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if n > 0 || r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+			w.Header().Set(bodyHeader, bodySeen(r.TransferEncoding, n))
+		}
 		w.Header().Set("Content-Type", "text/plain")
 		w.Header().Set("Content-Length", "5")
 		w.Write(body)
-	}))
+	})
+}
+
+// bodyHeader is the upstream's answer to a request with a body: how the
+// body came (chunked, or length for Content-Length) and its size, e.g.
+// "chunked/4096". wrk/tally.lua counts its values ("SBS body").
+const bodyHeader = "X-Upstream-Body"
+
+func bodySeen(te []string, n int64) string {
+	framing := "length"
+	if len(te) > 0 {
+		framing = strings.Join(te, ",")
+	}
+	return framing + "/" + strconv.FormatInt(n, 10)
 }
 
 var upstreamMarkers = markers{
@@ -138,6 +168,14 @@ func (e *benchEnv) startProxy(s setup, n int) (*proc, int, error) {
 // an upstream pool of 64 idle connections per worker, no access log, and
 // everything it writes under dir. keepalive_requests is raised on both
 // sides so nginx, like sidecar, never closes a busy connection.
+//
+// Request bodies are left to nginx's defaults (proxy_request_buffering on,
+// client_body_buffer_size 8k on x86-64): nginx reads the upload mode's
+// whole 4 KiB chunked body into memory (4 KiB plus its framing fits the
+// buffer, so no temporary file) before it connects to the upstream, and
+// sends it there de-chunked, with Content-Length. With
+// proxy_request_buffering off it would stream the body, chunked, because
+// proxy_http_version is 1.1 (with 1.0 it buffers chunked bodies anyway).
 func nginxConf(dir string, n, port int, upstream string) string {
 	return fmt.Sprintf(`worker_processes %d;
 pid %[2]s/nginx.pid;
@@ -188,20 +226,32 @@ backend be
 `, n, port, upstream)
 }
 
-const proxyHead = `| setup | workers | wrk -c | req/s | p50 | p99 | req/s ÷ nginx | p99 ÷ nginx | CPU µs/req | errors | other CPU |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|
+const proxyHead = `| setup | workers | mode | wrk -c | req/s | p50 | p99 | req/s ÷ nginx | p99 ÷ nginx | CPU µs/req | errors | other CPU |
+|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|
 `
 
-// proxyMarkdown is the proxy scenario's report.
+// proxyMarkdown is the proxy scenario's report: the keep-alive rows, then
+// the upload rows, each in the order measured, then the failed setups.
 func proxyMarkdown(machine string, rs []result) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Proxy: the same Go hello upstream behind sidecar, nginx and HAProxy\n\n")
 	fmt.Fprintf(&b, "Machine: %s.\n\n", machine)
 	b.WriteString(proxyHead)
+	rank := func(r result) int {
+		switch {
+		case r.err != nil:
+			return 2
+		case r.mode == uploadMode:
+			return 1
+		}
+		return 0
+	}
+	rs = slices.Clone(rs)
+	slices.SortStableFunc(rs, func(a, b result) int { return rank(a) - rank(b) })
 	for i := range rs {
 		r := &rs[i]
 		if r.err != nil {
-			fmt.Fprintf(&b, "| %s | %d | — | FAILED (see notes) |  |  |  |  |  |  |  |\n", r.setup.label, r.workers)
+			fmt.Fprintf(&b, "| %s | %d | — | — | FAILED (see notes) |  |  |  |  |  |  |  |\n", r.setup.label, r.workers)
 			continue
 		}
 		reqRatio, p99Ratio := "—", "—"
@@ -211,8 +261,8 @@ func proxyMarkdown(machine string, rs []result) string {
 				p99Ratio = fmtFloat(float64(r.run.p99)/float64(base.run.p99), 2) + "×"
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %.2f |\n",
-			r.setup.label, r.workers, r.wrkConns, fmtCount(r.run.reqPerSec()), fmtLatency(r.run.p50),
+		fmt.Fprintf(&b, "| %s | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s | %.2f |\n",
+			r.setup.label, r.workers, r.mode, r.wrkConns, fmtCount(r.run.reqPerSec()), fmtLatency(r.run.p50),
 			fmtLatency(r.run.p99), reqRatio, p99Ratio, fmtFloat(r.groupUs, 1), r.run.errors, r.other)
 	}
 	b.WriteString(proxyLegend)
@@ -228,18 +278,22 @@ func proxyMarkdown(machine string, rs []result) string {
 const proxyLegend = `
 wrk keep-alive against the proxy, which keeps a keep-alive pool to the
 upstream (a Go net/http server answering "hello", one process, all CPUs).
-workers: sidecar workers, nginx worker processes, HAProxy threads. Ratios
-are to nginx with the same workers and wrk -c. CPU µs/req: utime+stime of
-the proxy's processes (master and workers; for direct, the upstream) over
-the run ÷ requests. other CPU: CPUs' worth of time spent outside wrk, the
-proxy and the upstream during the run.
+mode keep-alive: GET /; upload: POST /upload with a 4 KiB body in two
+chunks (3000 and 1096 bytes), Transfer-Encoding: chunked, which the
+upstream reads whole before answering (nginx, by default, reads it whole
+first too and sends it on with Content-Length; HAProxy and sidecar stream
+it, chunked). workers: sidecar workers, nginx worker processes, HAProxy
+threads. Ratios are to nginx with the same workers, mode and wrk -c.
+CPU µs/req: utime+stime of the proxy's processes (master and workers; for
+direct, the upstream) over the run ÷ requests. other CPU: CPUs' worth of
+time spent outside wrk, the proxy and the upstream during the run.
 `
 
-// findProxyBaseline is nginx's row with the same workers and wrk -c.
+// findProxyBaseline is nginx's row with the same workers, mode and wrk -c.
 func findProxyBaseline(rs []result, r *result) *result {
 	for i := range rs {
 		b := &rs[i]
-		if b.setup.name == proxyBaseline && b.workers == r.workers && b.wrkConns == r.wrkConns &&
+		if b.setup.name == proxyBaseline && b.workers == r.workers && b.mode == r.mode && b.wrkConns == r.wrkConns &&
 			b.run != nil && b.run.requests > 0 {
 			return b
 		}

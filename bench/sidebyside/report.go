@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -70,7 +71,7 @@ func report(w io.Writer, r *result) {
 		return
 	}
 	if r.setup.isProxy() {
-		fmt.Fprintf(w, "   %s -c%-4d %9.0f req/s  p50 %-8v p99 %-8v CPU %s µs/req  other CPU %.2f  errors %s\n",
+		fmt.Fprintf(w, "   %-10s -c%-4d %9.0f req/s  p50 %-8v p99 %-8v CPU %s µs/req  other CPU %.2f  errors %s\n",
 			r.mode, r.wrkConns, r.run.reqPerSec(), r.run.p50, r.run.p99, fmtFloat(r.groupUs, 1), r.other, r.run.errors)
 		return
 	}
@@ -216,11 +217,35 @@ func notes(rs []result) []string {
 		if n := r.run.counts["none"]; n > 0 && !r.setup.isProxy() { // only the cluster setups' workers set it
 			out = append(out, fmt.Sprintf("%s: %d responses without X-Sidecar-Worker", what, n))
 		}
+		if r.mode == uploadMode {
+			if bad := badUploads(r.run); bad != "" {
+				out = append(out, fmt.Sprintf("%s, -c%d: the upstream did not get every 4 KiB body: %s", what, r.wrkConns, bad))
+			}
+		}
 		if r.stopErr != nil && r.mode == closeMode {
 			out = append(out, fmt.Sprintf("%s: stopping the master (SIGTERM): %v", setup, r.stopErr))
 		}
 	}
 	return out
+}
+
+// badUploads says which upload-mode responses did not come from the
+// upstream after reading a whole 4 KiB body (X-Upstream-Body, counted by
+// tally.lua), or "".
+func badUploads(w *wrkRun) string {
+	var bad []string
+	seen := 0
+	for v, n := range w.bodies {
+		seen += n
+		if !strings.HasSuffix(v, "/4096") {
+			bad = append(bad, fmt.Sprintf("%d × %s", n, v))
+		}
+	}
+	sort.Strings(bad)
+	if missing := w.requests - seen; missing > 0 {
+		bad = append(bad, fmt.Sprintf("%d without %s", missing, bodyHeader))
+	}
+	return strings.Join(bad, ", ")
 }
 
 // firstLines is the first n lines of s, indented to stay in a Markdown

@@ -12,7 +12,7 @@ import (
 	"strings"
 )
 
-// fixtures are the Node apps and the wrk script, written out to a temporary
+// fixtures are the Node apps and the wrk scripts, written out to a temporary
 // directory so the harness runs from any working directory.
 //
 //go:embed node/*.js wrk/*.lua
@@ -118,7 +118,14 @@ func writeFixtures(dir string) error {
 	return nil
 }
 
-func (e *benchEnv) tallyScript() string { return filepath.Join(e.fixDir, "wrk", "tally.lua") }
+// script is the wrk script for mode m: upload.lua (which loads tally.lua
+// from beside itself) for uploadMode, tally.lua for the others.
+func (e *benchEnv) script(m mode) string {
+	if m == uploadMode {
+		return filepath.Join(e.fixDir, "wrk", "upload.lua")
+	}
+	return filepath.Join(e.fixDir, "wrk", "tally.lua")
+}
 
 // start launches the setup's master with n workers. The port is known at
 // once for Node's primary and from the "Listening" log line for sidecar.

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"encoding/xml"
+	"io"
 	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +26,8 @@ SBS worker 1 685
 SBS worker 2 402
 SBS worker 1 616
 SBS worker 2 414
+SBS body chunked/4096 1000
+SBS body chunked/4096 1117
 `
 
 func TestParseTally(t *testing.T) {
@@ -39,6 +46,13 @@ func TestParseTally(t *testing.T) {
 	}
 	if r.counts["1"] != 1301 || r.counts["2"] != 816 {
 		t.Errorf("counts %v (threads must be summed)", r.counts)
+	}
+	if len(r.bodies) != 1 || r.bodies["chunked/4096"] != 2117 || badUploads(r) != "" {
+		t.Errorf("bodies %v: %q", r.bodies, badUploads(r))
+	}
+	r.bodies = map[string]int{"chunked/4096": 2000, "chunked/3000": 17}
+	if got := badUploads(r); got != "17 × chunked/3000, 100 without X-Upstream-Body" {
+		t.Errorf("badUploads: %q", got)
 	}
 	if _, err := parseTally("Requests/sec: 1\n"); err == nil {
 		t.Error("output without a tally parsed")
@@ -63,6 +77,64 @@ func TestWrkArgs(t *testing.T) {
 	want := `-t 1 -c 50 -d 5s --timeout 2s --latency -s t.lua -H Connection: close http://127.0.0.1:8080/`
 	if got != want {
 		t.Errorf("args\n got %s\nwant %s", got, want)
+	}
+	s.mode, s.script = uploadMode, "u.lua"
+	got = strings.Join(s.args(), " ")
+	want = `-t 1 -c 50 -d 5s --timeout 2s --latency -s u.lua http://127.0.0.1:8080/upload`
+	if got != want {
+		t.Errorf("upload args\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestWrkScripts(t *testing.T) {
+	e := &benchEnv{fixDir: "/f"}
+	if e.script(keepAlive) != "/f/wrk/tally.lua" || e.script(uploadMode) != "/f/wrk/upload.lua" {
+		t.Errorf("scripts %s %s", e.script(keepAlive), e.script(uploadMode))
+	}
+	b, err := fixtures.ReadFile("wrk/upload.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`dofile(here .. "tally.lua")`, "Transfer-Encoding: chunked", "{ 3000, 1096 }", `"0\r\n\r\n"`, "function request()"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("upload.lua lacks %s", want)
+		}
+	}
+}
+
+func TestUpstreamHandler(t *testing.T) {
+	srv := httptest.NewServer(upstreamHandler())
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// what upload.lua sends, then a GET on the same connection
+	chunked := "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"bb8\r\n" + strings.Repeat("x", 3000) + "\r\n448\r\n" + strings.Repeat("x", 1096) + "\r\n0\r\n\r\n"
+	if _, err := io.WriteString(conn, chunked+"GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	for _, want := range []string{"chunked/4096", ""} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(b) != "hello" || resp.Header.Get(bodyHeader) != want {
+			t.Errorf("%d %q %s: %q, want %q", resp.StatusCode, b, bodyHeader, resp.Header.Get(bodyHeader), want)
+		}
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/upload", strings.NewReader(strings.Repeat("y", 4096)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get(bodyHeader); got != "length/4096" {
+		t.Errorf("Content-Length body: %s %q", bodyHeader, got)
 	}
 }
 
@@ -122,9 +194,16 @@ func TestSelectSetups(t *testing.T) {
 	if len(got) != 2 || got[0].isProxy() || !got[1].isProxy() {
 		t.Errorf("-only mixed: %v", got)
 	}
-	got = selectSetups("proxy-sidecar,proxy-sidecar-goroutines", true)
-	if len(got) != 2 || len(got[0].args) != 0 || strings.Join(got[1].args, " ") != "--proxy-loop=false" {
+	got = selectSetups("proxy-sidecar,proxy-sidecar-reverseproxy", true)
+	if len(got) != 2 || len(got[0].args) != 0 || strings.Join(got[1].args, " ") != "--proxy-fast=false" {
 		t.Errorf("-only with a variant: %v", got)
+	}
+	for _, s := range proxyVariants {
+		for _, a := range s.args {
+			if strings.HasPrefix(a, "--proxy-loop") {
+				t.Errorf("%s: sidecar has no --proxy-loop any more", s.name)
+			}
+		}
 	}
 }
 
@@ -146,12 +225,27 @@ func TestProxyConfs(t *testing.T) {
 }
 
 func TestProxyMarkdown(t *testing.T) {
+	run := func(reqs int, p99 time.Duration) *wrkRun {
+		return &wrkRun{requests: reqs, duration: time.Second, p99: p99}
+	}
 	rs := []result{
-		{setup: proxySetups[0], workers: 2, mode: keepAlive, wrkConns: 50, run: &wrkRun{requests: 20000, duration: time.Second, p99: 6 * time.Millisecond}},
-		{setup: proxySetups[1], workers: 2, mode: keepAlive, wrkConns: 50, run: &wrkRun{requests: 40000, duration: time.Second, p99: 3 * time.Millisecond}},
+		{setup: proxySetups[0], workers: 2, mode: keepAlive, wrkConns: 50, run: run(20000, 6*time.Millisecond)},
+		{setup: proxySetups[0], workers: 2, mode: uploadMode, wrkConns: 50, run: run(9000, 8*time.Millisecond)},
+		{setup: proxySetups[1], workers: 2, mode: keepAlive, wrkConns: 50, run: run(40000, 3*time.Millisecond)},
+		{setup: proxySetups[1], workers: 2, mode: uploadMode, wrkConns: 50, run: run(10000, 4*time.Millisecond)},
 	}
 	md := proxyMarkdown("box", rs)
-	if !strings.Contains(md, "| 20.00k | 0µs | 6.00ms | 0.50× | 2.00× |") {
-		t.Errorf("ratios to nginx missing:\n%s", md)
+	if !strings.Contains(md, "| (a) sidecar --upstream | 2 | keep-alive | 50 | 20.00k | 0µs | 6.00ms | 0.50× | 2.00× |") {
+		t.Errorf("keep-alive ratios to nginx missing:\n%s", md)
+	}
+	if !strings.Contains(md, "| (a) sidecar --upstream | 2 | upload | 50 | 9.00k | 0µs | 8.00ms | 0.90× | 2.00× |") {
+		t.Errorf("upload ratios to nginx's upload row missing:\n%s", md)
+	}
+	ka, up := strings.Index(md, "| keep-alive |"), strings.LastIndex(md, "| keep-alive |")
+	if u := strings.Index(md, "| upload |"); u < ka || u < up {
+		t.Errorf("rows not grouped by mode:\n%s", md)
+	}
+	if rs[1].mode != uploadMode {
+		t.Error("proxyMarkdown reordered its argument")
 	}
 }

@@ -17,6 +17,9 @@ type mode string
 const (
 	keepAlive mode = "keep-alive"
 	closeMode mode = "close" // "Connection: close": one connection per request
+	// uploadMode is keep-alive with POST /upload and a 4 KiB chunked body
+	// (wrk/upload.lua builds the request); proxy setups only.
+	uploadMode mode = "upload"
 )
 
 // wrkErrors are wrk's socket errors and non-2xx/3xx responses.
@@ -47,6 +50,7 @@ type wrkRun struct {
 	p50, p99 time.Duration
 	errors   wrkErrors
 	counts   map[string]int // responses per X-Sidecar-Worker
+	bodies   map[string]int // responses per X-Upstream-Body (the proxy scenario's upstream)
 	raw      string         // wrk's full output
 	cpu      time.Duration  // wrk's own user+system time
 	elapsed  time.Duration  // wall time of the wrk process
@@ -62,7 +66,7 @@ type wrkSpec struct {
 	threads  int
 	conns    int
 	timeout  time.Duration
-	script   string // the tally script
+	script   string // wrk/tally.lua, or wrk/upload.lua for uploadMode
 }
 
 func (s wrkSpec) args() []string {
@@ -70,10 +74,14 @@ func (s wrkSpec) args() []string {
 		"-t", strconv.Itoa(s.threads), "-c", strconv.Itoa(s.conns),
 		"-d", seconds(s.duration), "--timeout", seconds(s.timeout), "--latency", "-s", s.script,
 	}
-	if s.mode == closeMode {
+	path := "/"
+	switch s.mode {
+	case closeMode:
 		a = append(a, "-H", "Connection: close")
+	case uploadMode:
+		path = "/upload" // the script writes the whole request; this is for the record
 	}
-	return append(a, fmt.Sprintf("http://127.0.0.1:%d/", s.port))
+	return append(a, fmt.Sprintf("http://127.0.0.1:%d%s", s.port, path))
 }
 
 // seconds is d as wrk wants it: whole seconds, at least 1.
@@ -108,7 +116,7 @@ func runWrk(ctx context.Context, wrk string, s wrkSpec, rawPath string) (*wrkRun
 
 // parseTally reads the "SBS ..." lines written by wrk/tally.lua.
 func parseTally(out string) (*wrkRun, error) {
-	r := &wrkRun{counts: map[string]int{}}
+	r := &wrkRun{counts: map[string]int{}, bodies: map[string]int{}}
 	seen := 0
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
@@ -130,6 +138,9 @@ func parseTally(out string) (*wrkRun, error) {
 			r.errors = wrkErrors{n[0], n[1], n[2], n[3], n[4]}
 		case f[1] == "worker" && len(f) == 4:
 			r.counts[f[2]] += n[1]
+			continue
+		case f[1] == "body" && len(f) == 4:
+			r.bodies[f[2]] += n[1]
 			continue
 		default:
 			continue

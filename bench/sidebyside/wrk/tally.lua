@@ -1,6 +1,8 @@
--- tally.lua counts responses per X-Sidecar-Worker header in every wrk
--- thread and, when the run is done, prints machine-readable lines
--- ("SBS key value...") for the sidebyside harness.
+-- tally.lua counts responses per X-Sidecar-Worker header (and, for the
+-- proxy scenario's upstream, per X-Upstream-Body) in every wrk thread and,
+-- when the run is done, prints machine-readable lines ("SBS key value...")
+-- for the sidebyside harness. upload.lua loads it (dofile) and adds the
+-- request.
 local threads = {}
 
 function setup(thread)
@@ -9,11 +11,16 @@ end
 
 function init(args)
   counts = {}
+  bodies = {}
 end
 
 function response(status, headers, body)
   local id = headers["X-Sidecar-Worker"] or headers["x-sidecar-worker"] or "none"
   counts[id] = (counts[id] or 0) + 1
+  local b = headers["X-Upstream-Body"] or headers["x-upstream-body"]
+  if b then
+    bodies[b] = (bodies[b] or 0) + 1
+  end
 end
 
 function done(summary, latency, requests)
@@ -27,6 +34,9 @@ function done(summary, latency, requests)
   for _, t in ipairs(threads) do
     for id, n in pairs(t:get("counts")) do
       io.write(string.format("SBS worker %s %d\n", id, n))
+    end
+    for b, n in pairs(t:get("bodies")) do
+      io.write(string.format("SBS body %s %d\n", b, n))
     end
   end
 end
