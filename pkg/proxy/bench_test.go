@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -19,14 +20,29 @@ import (
 //
 //	go test -run '^$' -bench ProxyKeepAlive -benchmem ./pkg/proxy
 func BenchmarkProxyKeepAlive(b *testing.B) {
+	benchmarkProxy(b, "GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+}
+
+// BenchmarkProxyChunkedUpload: the same with keep-alive POSTs of a 4 KiB
+// chunked body (two chunks), which the upstream reads whole.
+//
+//	go test -run '^$' -bench ProxyChunkedUpload -benchmem ./pkg/proxy
+func BenchmarkProxyChunkedUpload(b *testing.B) {
+	body := strings.Repeat("u", 4096)
+	benchmarkProxy(b, "POST /upload HTTP/1.1\r\nHost: bench\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"bb8\r\n"+body[:3000]+"\r\n448\r\n"+body[3000:]+"\r\n0\r\n\r\n")
+}
+
+// benchmarkProxy sends req b.N times over 50 keep-alive connections.
+func benchmarkProxy(b *testing.B, req string) {
 	body := []byte("hello")
 	up := startUpstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Length", "5")
 		w.Write(body)
 	}))
 	p := startProxy(b, Config{Upstream: up.URL})
 	const conns = 50
-	req := "GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
@@ -57,6 +73,10 @@ func BenchmarkProxyKeepAlive(b *testing.B) {
 				}
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					errs <- fmt.Errorf("status %d", resp.StatusCode)
+					return
+				}
 			}
 		}(n)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -352,4 +353,100 @@ func TestTakeIdleSkipsConnectionsWithBytes(t *testing.T) {
 		t.Errorf("the connection with bytes waiting is still open (%v)", err)
 	}
 	l.closeUp(uq)
+}
+
+// TestUnsentBodyIsNotTheNextRequest: a request whose body the proxy has
+// read but not yet sent when the upstream answers early (a 431 after
+// part of a 1 MiB head) or stops reading (a 504) leaves that body behind:
+// it is never read as the client's next request (the body here is one),
+// and the next request gets its own answer. (Found by review: the body's
+// bytes were parsed as a request, a client-side desync.)
+func TestUnsentBodyIsNotTheNextRequest(t *testing.T) {
+	if !loopMode {
+		t.Skip("the event loop's buffering")
+	}
+	for _, mode := range []string{"early answer", "stalled upstream"} {
+		t.Run(mode, func(t *testing.T) {
+			var smuggled atomic.Bool
+			stalled := make(chan struct{})
+			t.Cleanup(func() { close(stalled) })
+			path := t.TempDir() + "/up.sock"
+			ln, err := net.Listen("unix", path) // (small socket buffers: the 1 MiB head cannot all be written)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						br := bufio.NewReader(c)
+						line, _ := br.ReadString('\n')
+						switch {
+						case strings.Contains(line, "/smuggled"):
+							smuggled.Store(true)
+						case strings.HasPrefix(line, "POST") && mode == "early answer":
+							io.CopyN(io.Discard, br, 64<<10)
+							io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+							return
+						case strings.HasPrefix(line, "POST"):
+							<-stalled
+							return
+						}
+						for {
+							if l, err := br.ReadString('\n'); err != nil || l == "\r\n" {
+								break
+							}
+						}
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nfor you")
+					}()
+				}
+			}()
+			p := startProxy(t, Config{Upstream: "unix:" + path, MaxHeaderBytes: 1 << 20, UpstreamResponseTimeout: 500 * time.Millisecond})
+			c, br := dialProxy(t, p)
+			body := "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+			go io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("b", 1000000)+
+				"\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustRead(t, resp.Body)
+			if resp.StatusCode != 431 && resp.StatusCode != 504 {
+				t.Fatalf("first response %d", resp.StatusCode)
+			}
+			io.WriteString(c, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err = http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(mustRead(t, resp.Body)); got != "for you" || smuggled.Load() {
+				t.Errorf("the next request got %d %q; the body reached the upstream as a request: %v", resp.StatusCode, got, smuggled.Load())
+			}
+		})
+	}
+}
+
+// TestUploadPauseWithinTheBodyTimeout: a client that pauses its body for
+// longer than the upstream response timeout, but within the body timeout,
+// is served: the upstream is not timed while it waits for the client.
+func TestUploadPauseWithinTheBodyTimeout(t *testing.T) {
+	up := startRecordingUpstream(t, "", false)
+	const responseTimeout = 300 * time.Millisecond
+	p := startProxy(t, Config{Upstream: "http://" + up.addr, ClientBodyTimeout: time.Minute, UpstreamResponseTimeout: responseTimeout})
+	c, br := dialProxy(t, p)
+	io.WriteString(c, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello")
+	<-time.After(3 * responseTimeout) // the client's pause is the scenario, not a wait for the proxy
+	io.WriteString(c, "world")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := string(mustRead(t, resp.Body)); resp.StatusCode != 200 || body != "ok POST /up 10" {
+		t.Errorf("got %d %q, want the upstream's 200", resp.StatusCode, body)
+	}
 }

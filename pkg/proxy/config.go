@@ -21,7 +21,8 @@ type Config struct {
 	// UpstreamDialTimeout bounds connecting to the upstream.
 	UpstreamDialTimeout time.Duration `json:"upstreamDialTimeout,omitempty"`
 	// UpstreamResponseTimeout bounds the wait for the upstream's response
-	// headers once the request is sent (not the body, which may stream).
+	// headers once the request is sent (not the body, which may stream),
+	// and an upstream that stops taking a request body meanwhile.
 	UpstreamResponseTimeout time.Duration `json:"upstreamResponseTimeout,omitempty"`
 	// UpstreamIdleTimeout closes a pooled upstream connection idle this long.
 	UpstreamIdleTimeout time.Duration `json:"upstreamIdleTimeout,omitempty"`

@@ -297,6 +297,9 @@ func (c *loopClient) send() {
 		if len(head)+len(body) == 0 {
 			if c.bodyDone {
 				c.sent = true
+				if c.state == csUpstream { // the response timeout runs from here
+					c.deadline = l.now.Add(l.p.cfg.UpstreamResponseTimeout)
+				}
 				return
 			}
 			if !c.readBody() {
@@ -320,7 +323,7 @@ func (c *loopClient) send() {
 		c.headOff += k
 		c.r += n - k
 		c.bodyReady -= n - k
-		if c.state == csUpstream { // the upstream is taking the request: its response timeout starts again
+		if c.state == csUpstream { // the upstream is taking the request: its timeout starts again
 			c.deadline = l.now.Add(l.p.cfg.UpstreamResponseTimeout)
 		}
 		if n < len(head)+len(body) {
@@ -383,14 +386,29 @@ func (c *loopClient) readBody() bool {
 	}
 	c.w += n
 	c.bodyDeadline = time.Time{}
+	if c.state == csUpstream && c.deadline.IsZero() { // the upstream's turn: it must take these bytes
+		c.deadline = l.now.Add(l.p.cfg.UpstreamResponseTimeout)
+	}
 	return true
 }
 
 // waitBody starts the body timeout, unless the client may be waiting for
-// a 100 Continue before it sends its body.
+// a 100 Continue before it sends its body: then the upstream's response
+// timeout runs instead (it must answer, 100 or final). While the client
+// is the one to wait for, the upstream is not timed.
 func (c *loopClient) waitBody() {
-	if c.bodyDeadline.IsZero() && !(c.req.expect && !c.continued) {
-		c.bodyDeadline = c.l.now.Add(c.l.p.cfg.ClientBodyTimeout)
+	l := c.l
+	if c.req.expect && !c.continued {
+		if c.state == csUpstream && c.deadline.IsZero() {
+			c.deadline = l.now.Add(l.p.cfg.UpstreamResponseTimeout)
+		}
+		return
+	}
+	if c.bodyDeadline.IsZero() {
+		c.bodyDeadline = l.now.Add(l.p.cfg.ClientBodyTimeout)
+	}
+	if c.state == csUpstream {
+		c.deadline = time.Time{}
 	}
 }
 
@@ -432,7 +450,7 @@ func (c *loopClient) reject(p *problem) {
 	}
 	c.head = appendProblem(c.h.resp[:0], p)
 	c.h.resp = c.head
-	c.state, c.deadline = csBody, time.Time{}
+	c.state, c.deadline, c.bodyDeadline = csBody, time.Time{}, time.Time{}
 	c.code, c.done, c.keep, c.recorded = p.code, true, false, false
 	c.bodyDone = false // the client may be sending more: linger
 	c.resp = response{}
@@ -456,6 +474,10 @@ func (c *loopClient) finish() {
 	}
 	c.served = true
 	c.bodyDeadline, c.sendDeadline = time.Time{}, time.Time{}
+	if !c.sent { // body bytes read but not sent (the upstream answered or failed first): not the next request's
+		c.r += c.bodyReady
+		c.bodyReady = 0
+	}
 	if !c.keep || c.req.close || l.shutting {
 		if !c.bodyDone || c.r < c.w {
 			c.linger()
