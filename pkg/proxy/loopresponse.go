@@ -69,12 +69,29 @@ func (u *loopUp) releaseBuf() {
 	u.r, u.w = 0, 0
 }
 
-// pump moves the response: it writes what is ready for the client, parses
-// the head, frames the body and reads the upstream, until one side must
-// wait. What the upstream sent is parsed and framed before anything is
-// written, so a head and its body go out in one write.
+// pump moves the response: it parses the head, frames the body, writes
+// what is ready for the client and reads the upstream, until one side
+// must wait. What the upstream sent is parsed and framed before anything
+// is written, so a head and its body go out in one write.
 func (c *loopClient) pump() {
 	for {
+		u := c.up
+		short := false // the upstream's bytes end inside a head or a framing element
+		if u != nil && !c.done && c.pending == 0 && u.r < u.w && (c.state == csBody || len(c.head) == 0) {
+			var ok bool
+			if c.state == csBody {
+				ok = c.frame()
+			} else {
+				ok = c.parseHead() // (after an interim head is written: it shares the buffer)
+			}
+			if c.closed || c.up != u { // failed, and handled
+				return
+			}
+			if ok {
+				continue
+			}
+			short = true
+		}
 		if c.done {
 			c.record() // before the client can have all of the response
 		}
@@ -85,24 +102,12 @@ func (c *loopClient) pump() {
 			c.finish()
 			return
 		}
-		u := c.up
 		if u == nil { // (not done without an upstream: cannot happen)
 			c.close()
 			return
 		}
-		if u.r < u.w {
-			var more bool
-			if c.state == csBody {
-				more = c.frame()
-			} else {
-				more = c.parseHead()
-			}
-			if c.closed || c.up != u { // failed, and handled
-				return
-			}
-			if more {
-				continue
-			}
+		if u.r < u.w && !short { // an interim head went out: the next one can be parsed
+			continue
 		}
 		if !c.readUp() {
 			return
