@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
@@ -414,6 +416,13 @@ func TestRawExchanges(t *testing.T) {
 			}
 			if got := up.requests(); len(got) != want.upstream {
 				t.Errorf("the upstream parsed %d requests, want %d: %.300v", len(got), want.upstream, got)
+			}
+			if tc.resp == "" { // a client's fault is not the upstream's
+				for _, kind := range []string{errRefused, errUnreachable, errTimeout, errOther} {
+					if n := testutil.ToFloat64(p.metrics.upstream.WithLabelValues(kind)); n != 0 {
+						t.Errorf("%v upstream errors of kind %s", n, kind)
+					}
+				}
 			}
 			if tc.check != nil {
 				tc.check(t, up.requests(), bodies)

@@ -70,6 +70,10 @@ func echoRequest(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(seen{r.Method, r.Host, r.URL.RequestURI(), string(body), r.Header})
 }
 
+// TestHeadersBodiesAndForwarding: what reaches the upstream, the same on
+// both paths: Host kept (Connection cannot remove it), X-Forwarded-For
+// appended to (every value the client sent, joined), X-Forwarded-Proto and
+// -Host set, Forwarded and the hop-by-hop fields dropped.
 func TestHeadersBodiesAndForwarding(t *testing.T) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
 	p := startProxy(t, Config{Upstream: up.URL + "/base"})
@@ -78,10 +82,12 @@ func TestHeadersBodiesAndForwarding(t *testing.T) {
 	req.Header.Set("X-Custom", "kept")
 	req.Header.Set("X-Forwarded-For", "203.0.113.7")
 	req.Header.Set("X-Forwarded-Proto", "https") // from the client: replaced
-	req.Header.Set("Connection", "X-Hop")
+	req.Header.Set("Connection", "X-Hop, X-Forwarded-For, Host")
 	req.Header.Set("X-Hop", "dropped")
 	req.Header.Set("Keep-Alive", "timeout=5")
 	req.Header.Set("Proxy-Authorization", "Basic eA==")
+	req.Header.Set("Forwarded", "for=198.51.100.1;proto=https") // what a client says of itself: dropped
+	req.Header.Add("X-Forwarded-For", "198.51.100.2")
 	resp, err := newClient(1).Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -98,14 +104,14 @@ func TestHeadersBodiesAndForwarding(t *testing.T) {
 		t.Errorf("upstream saw %s %s host %q body %q", got.Method, got.Path, got.Host, got.Body)
 	}
 	for k, want := range map[string]string{
-		"X-Custom": "kept", "X-Forwarded-For": "203.0.113.7, 127.0.0.1",
+		"X-Custom": "kept", "X-Forwarded-For": "203.0.113.7, 198.51.100.2, 127.0.0.1",
 		"X-Forwarded-Proto": "http", "X-Forwarded-Host": "example.test",
 	} {
 		if v := strings.Join(got.Header.Values(k), ","); v != want {
 			t.Errorf("upstream saw %s: %q, want %q", k, v, want)
 		}
 	}
-	for _, k := range []string{"X-Hop", "Keep-Alive", "Proxy-Authorization"} {
+	for _, k := range []string{"X-Hop", "Keep-Alive", "Proxy-Authorization", "Forwarded"} {
 		if v, ok := got.Header[k]; ok {
 			t.Errorf("hop-by-hop %s reached the upstream: %q", k, v)
 		}
