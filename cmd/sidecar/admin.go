@@ -83,18 +83,20 @@ func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gathe
 func (a *admin) workersReady(ctx context.Context, sup *workers.Supervisor, minReady int) error {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	ws, err := sup.WorkersContext(ctx)
+	pool, err := sup.PoolContext(ctx)
 	if err != nil {
 		return err
 	}
 	n := 0
-	for _, w := range ws {
+	for _, w := range pool.Workers {
 		if w.State == workers.Listening {
 			n++
 		}
 	}
-	if n < minReady {
-		return fmt.Errorf("%d of %d required workers listening", n, minReady)
+	// workers that left on purpose are not wanted back: the bar lowers
+	// with them
+	if need := min(minReady, pool.Wanted); n < need {
+		return fmt.Errorf("%d of %d required workers listening", n, need)
 	}
 	return nil
 }

@@ -170,7 +170,7 @@ func (m *app) handleSignals(ctx context.Context) error {
 				return errSecondSignal
 			}
 			draining = true
-			m.sup.StopRespawning()
+			m.sup.BeginDrain()
 			if m.admin != nil {
 				m.admin.setDraining()
 			} else {

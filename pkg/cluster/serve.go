@@ -33,9 +33,20 @@ func (w *Worker) ListenAddress(a string) (net.Listener, error) {
 // until the master disconnects the worker; then srv is shut down, what is
 // in flight finishes, and it returns nil. It returns an error when a listen
 // fails or srv stops serving on its own.
+//
+// While the master drains (from SIGTERM, through --shutdown-delay) a srv
+// that is a Drainer is told (an *http.Server is made one: see DrainHTTP),
+// so that every response then closes its keep-alive connection and no
+// client has its connection closed under a request it is sending.
 func (w *Worker) ServeUntilDisconnect(srv Server, addresses []string) error {
 	if len(addresses) == 0 {
 		return errors.New("cluster: no address to listen on")
+	}
+	if hs, ok := srv.(*http.Server); ok {
+		srv = DrainHTTP(hs)
+	}
+	if d, ok := srv.(Drainer); ok {
+		w.OnDrain(d.Drain)
 	}
 	drained := make(chan struct{})
 	w.OnDisconnect(func() {

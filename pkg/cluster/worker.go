@@ -33,12 +33,16 @@ type Worker struct {
 	servers       map[string]*rrListener
 	shared        map[string]*sharedListener
 	indexes       map[string]int
-	onMessage     []func(json.RawMessage)
-	onDisconnect  []func()
-	disconnecting bool
-	metrics       workerMetrics
-	disconnected  chan struct{} // closed when a disconnect begins
-	ended         chan struct{} // closed when the channel has ended
+	onMessage      []func(json.RawMessage)
+	onDisconnect   []func()
+	onDrain        []func()
+	drainAnnounced bool // the master was asked to say when it drains
+	drainBegun     bool
+	disconnecting  bool
+	metrics        workerMetrics
+	draining       chan struct{} // closed when the master drains, or a disconnect begins
+	disconnected   chan struct{} // closed when a disconnect begins
+	ended          chan struct{} // closed when the channel has ended
 }
 
 var (
@@ -105,6 +109,7 @@ func newWorker(id int, ch *ipc.Channel, exit func(int)) (*Worker, error) {
 		servers:      make(map[string]*rrListener),
 		shared:       make(map[string]*sharedListener),
 		indexes:      make(map[string]int),
+		draining:     make(chan struct{}),
 		disconnected: make(chan struct{}),
 		ended:        make(chan struct{}),
 	}
@@ -152,6 +157,8 @@ func (w *Worker) handle(m *ipc.Message) {
 		w.onNewConn(m)
 	case ipc.ActGatherMetrics:
 		go w.replyMetrics(m.Seq)
+	case ipc.ActDrain:
+		w.beginDrain()
 	case ipc.ActDisconnect:
 		// Mark the worker as leaving before the next message is read: if
 		// the master closes the channel right after its disconnect, serve
@@ -267,9 +274,10 @@ func (w *Worker) beginLeave() (closers []interface{ Close() error }, hooks []fun
 	return closers, append([]func(){}, w.onDisconnect...), true
 }
 
-// finishLeave closes the listeners, tells the master unless it asked, runs
-// the hooks and closes the channel.
+// finishLeave drains, closes the listeners, tells the master unless it
+// asked, runs the hooks and closes the channel.
 func (w *Worker) finishLeave(closers []interface{ Close() error }, hooks []func(), masterAsked bool) error {
+	w.beginDrain() // a disconnect is a drain, told or not
 	for _, c := range closers {
 		c.Close()
 	}

@@ -27,10 +27,13 @@ const (
 	ActDisconnect            = "disconnect"
 
 	// Sidecar's own acts. A Node primary ignores unknown acts, and the
-	// master sends ActGatherMetrics only to workers that announced
-	// ActMetricsSupported, so a Node worker never receives one.
-	ActMetricsSupported = "sidecar.metrics" // worker → master: ask me at scrape time
-	ActGatherMetrics    = "sidecar.gather"  // master → worker: reply {ack, metrics: "<text format>"}
+	// master sends ActGatherMetrics and ActDrain only to workers that
+	// announced ActMetricsSupported and ActDrainSupported, so a Node worker
+	// never receives one.
+	ActMetricsSupported = "sidecar.metrics"   // worker → master: ask me at scrape time
+	ActGatherMetrics    = "sidecar.gather"    // master → worker: reply {ack, metrics: "<text format>"}
+	ActDrainSupported   = "sidecar.drainable" // worker → master: tell me when draining begins
+	ActDrain            = "sidecar.drain"     // master → worker: draining began; close each connection after its response
 )
 
 // MaxLineSize is the longest message line accepted; a longer one is a

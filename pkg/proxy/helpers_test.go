@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sidecar-project/sidecar/pkg/cluster"
 )
 
 // proxyUnderTest is a Proxy served on 127.0.0.1 with its own registry.
@@ -38,7 +40,7 @@ func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 	}
 	srv := p.NewService()
 	switch s := srv.(type) {
-	case *http.Server:
+	case *cluster.HTTPServer:
 		s.ErrorLog = nil
 	case *server:
 		s.fallback.ErrorLog = nil

@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/sidecar-project/sidecar/pkg/cluster"
 )
 
 // The event loop serves the HTTP proxy's clients: one goroutine per
@@ -52,7 +54,8 @@ const loopYieldEvery = 5 * time.Millisecond
 const (
 	msgClient   = iota // a new client connection: fd, ip
 	msgDialed          // an upstream connection for c (or the dial error)
-	msgShutdown        // close idle clients, and every client after its response
+	msgDrain           // close every client after its next response
+	msgShutdown        // drain, and close clients idle for cluster.DrainGrace
 	msgClose           // close everything and return
 )
 
@@ -94,7 +97,8 @@ type loop struct {
 	now      time.Time
 	nextTick time.Time
 	nextDial uint64
-	shutting bool
+	draining bool // every client is closed after its next response
+	shutting bool // and closed once idle for cluster.DrainGrace; no upstream pooling
 }
 
 // newLoop creates the loop; run serves it.
@@ -114,7 +118,7 @@ func newLoop(s *server) (*loop, error) {
 	}
 	cfg := s.p.cfg
 	l.tick = min(cfg.ClientHeaderTimeout, cfg.ClientIdleTimeout, cfg.ClientBodyTimeout, cfg.ClientSendTimeout,
-		cfg.UpstreamResponseTimeout, cfg.UpstreamIdleTimeout, lingerTimeout) / 4
+		cfg.UpstreamResponseTimeout, cfg.UpstreamIdleTimeout, lingerTimeout, cluster.DrainGrace) / 4
 	l.tick = max(10*time.Millisecond, min(l.tick, 500*time.Millisecond))
 	// the eventfd is item 0
 	l.items, l.gens = []loopItem{nil}, []uint32{0}
@@ -254,13 +258,11 @@ func (l *loop) drainInbox() (stop bool) {
 			l.addClient(m.fd, m.ip)
 		case msgDialed:
 			l.dialed(m)
+		case msgDrain:
+			l.draining = true
 		case msgShutdown:
-			l.shutting = true
-			for c := range l.clients { // a new one is served its first request, as the goroutine path does
-				if c.state == csIdle && c.r == c.w && c.served {
-					c.close()
-				}
-			}
+			l.draining, l.shutting = true, true
+			l.closeIdleClients()
 		case msgClose:
 			l.closeAll()
 			for _, m := range inbox[i+1:] { // closed unheard
@@ -273,9 +275,21 @@ func (l *loop) drainInbox() (stop bool) {
 	return false
 }
 
+// closeIdleClients closes the clients, while shutting down, that have
+// waited for a request (a first one included) for cluster.DrainGrace: a
+// client sending back to back meanwhile gets its next response with
+// Connection: close instead of a connection closed under its request.
+func (l *loop) closeIdleClients() {
+	for c := range l.clients {
+		if c.state == csIdle && c.r == c.w && l.now.Sub(c.idleSince) >= cluster.DrainGrace {
+			c.close()
+		}
+	}
+}
+
 // closeAll closes every client and upstream connection.
 func (l *loop) closeAll() {
-	l.shutting = true
+	l.draining, l.shutting = true, true
 	for c := range l.clients {
 		c.close()
 	}
@@ -291,6 +305,9 @@ func (l *loop) closeAll() {
 func (l *loop) sweep() {
 	for c := range l.clients {
 		c.checkDeadlines()
+	}
+	if l.shutting {
+		l.closeIdleClients()
 	}
 	i := 0
 	for i < len(l.idle) && l.now.Sub(l.idle[i].idleSince) >= l.p.cfg.UpstreamIdleTimeout {

@@ -42,8 +42,9 @@ type loopClient struct {
 	scanned  int // bytes at buf[r:] already searched for the end of a head
 	state    uint8
 	deadline time.Time // of the state: idle, header, response or linger timeout; zero: none
-	closed   bool
-	served   bool // a request has been answered (the first one's header timeout runs from the accept)
+	closed    bool
+	served    bool      // a request has been answered (the first one's header timeout runs from the accept)
+	idleSince time.Time // of csIdle: since the accept or the last response
 	lingered int  // bytes dropped while lingering
 	readiness
 
@@ -81,7 +82,8 @@ type loopClient struct {
 }
 
 // addClient takes a new client connection (accepted before any Shutdown:
-// it is served one request even if the loop is shutting down meanwhile).
+// it is served even if the loop is shutting down meanwhile, until it has
+// been idle for cluster.DrainGrace).
 func (l *loop) addClient(fd int, ip string) {
 	c := &loopClient{l: l, fd: fd, readiness: readiness{readable: true, writable: true}}
 	c.h = heads{p: l.p, ip: ip}
@@ -94,6 +96,7 @@ func (l *loop) addClient(fd int, ip string) {
 	}
 	c.tok = tok
 	l.clients[c] = struct{}{}
+	c.idleSince = l.now
 	c.deadline = l.now.Add(l.p.cfg.ClientHeaderTimeout) // the first request's head: from the accept
 	c.readRequest()
 }
@@ -478,7 +481,7 @@ func (c *loopClient) finish() {
 		c.r += c.bodyReady
 		c.bodyReady = 0
 	}
-	if !c.keep || c.req.close || l.shutting {
+	if !c.keep || c.req.close || l.draining {
 		if !c.bodyDone || c.r < c.w {
 			c.linger()
 		} else {
@@ -486,7 +489,7 @@ func (c *loopClient) finish() {
 		}
 		return
 	}
-	c.state, c.deadline = csIdle, l.now.Add(l.p.cfg.ClientIdleTimeout)
+	c.state, c.deadline, c.idleSince = csIdle, l.now.Add(l.p.cfg.ClientIdleTimeout), l.now
 	if c.r == c.w {
 		c.releaseBuf()
 	}

@@ -252,7 +252,7 @@ func (c *loopClient) parseHead() bool {
 		return true
 	}
 	// the client's connection cannot go on if its body is not all read
-	closing := c.req.close || l.shutting || !c.bodyDone
+	closing := c.req.close || l.draining || !c.bodyDone
 	c.h.writeResponseHead(first, &resp, closing)
 	c.head = c.h.resp
 	c.state, c.deadline = csBody, time.Time{}
@@ -316,7 +316,7 @@ func (c *loopClient) upstreamFailed(err error, stale bool) {
 		c.connect()
 		return
 	}
-	closing := c.req.close || l.shutting || !c.bodyDone
+	closing := c.req.close || l.draining || !c.bodyDone
 	var code int
 	c.head, code = l.p.failure(nil, c.h.requestLine(), c.req.head, err, closing)
 	c.state, c.deadline, c.bodyDeadline = csBody, time.Time{}, time.Time{}

@@ -61,6 +61,13 @@ type httpFrontend struct {
 	proxy *Proxy
 }
 
+// Drain makes every client connection close after its next response.
+func (f *httpFrontend) Drain() {
+	if d, ok := f.Service.(cluster.Drainer); ok {
+		d.Drain()
+	}
+}
+
 func (f *httpFrontend) Shutdown(ctx context.Context) error {
 	err := f.Service.Shutdown(ctx)
 	f.proxy.WaitTunnels(ctx)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/sidecar-project/sidecar/pkg/cluster"
 )
 
 // Service serves a Proxy on listeners: an *http.Server (ReverseProxy
@@ -32,7 +34,7 @@ func (p *Proxy) NewService() Service {
 		}
 		klog.ErrorS(err, "Proxy event loop unavailable; serving every request with httputil.ReverseProxy")
 	}
-	return p.Server()
+	return cluster.DrainHTTP(p.Server())
 }
 
 // server serves the proxy on listeners: every accepted connection goes to
@@ -42,7 +44,7 @@ func (p *Proxy) NewService() Service {
 // it has read.
 type server struct {
 	p        *Proxy
-	fallback *http.Server // serves the connections handed over
+	fallback *cluster.HTTPServer // serves the connections handed over
 	handoff  *handoffListener
 	served   chan struct{} // fallback.Serve returned
 	loop     *loop
@@ -57,7 +59,7 @@ type server struct {
 
 func (p *Proxy) newServer() (*server, error) {
 	s := &server{
-		p: p, fallback: p.Server(), served: make(chan struct{}),
+		p: p, fallback: cluster.DrainHTTP(p.Server()), served: make(chan struct{}),
 		handoff: &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
 		lns:     map[net.Listener]struct{}{},
 	}
@@ -181,9 +183,16 @@ func (s *server) stopLoop() {
 	<-s.loop.done
 }
 
-// Shutdown stops accepting, closes idle connections, lets requests in
-// flight finish (each connection closes after its response), then shuts
-// fallback down; ctx bounds the wait.
+// Drain makes every client connection close after its next response.
+func (s *server) Drain() {
+	s.loop.post(loopMsg{kind: msgDrain})
+	s.fallback.Drain()
+}
+
+// Shutdown stops accepting, drains, closes connections once they have
+// been idle for cluster.DrainGrace, lets requests in flight finish (each
+// connection closes after its response), then shuts fallback down; ctx
+// bounds the wait.
 func (s *server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
 	s.loop.post(loopMsg{kind: msgShutdown})

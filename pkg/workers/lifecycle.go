@@ -39,6 +39,9 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 	case ipc.ActMetricsSupported:
 		w.metrics = true
 		w.logger.V(2).Info("Worker serves its own metrics")
+	case ipc.ActDrainSupported:
+		w.drainable = true
+		s.tellDraining(w)
 	case ipc.ActClose:
 		s.reg.CloseKey(w, m.Key)
 		w.logger.V(2).Info("Worker closed a server", "key", m.Key)

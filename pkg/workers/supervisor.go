@@ -113,6 +113,7 @@ type Supervisor struct {
 	serverData map[string]json.RawMessage // first data per server key (Node)
 	shutdown   bool
 	noRespawn  bool // draining: exits are not replaced
+	draining   bool // BeginDrain was called: drainable workers are told
 	giveUp     error
 }
 
@@ -155,9 +156,8 @@ type (
 	}
 	respawnEvent  struct{ slot int }
 	shutdownEvent struct{ deadline time.Duration }
-	snapshotEvent struct{ reply chan []Info }
-
-	stopRespawningEvent struct{}
+	snapshotEvent struct{ reply chan Pool }
+	drainEvent    struct{}
 )
 
 // post hands an event to the loop; after Run has returned it is dropped.
@@ -168,10 +168,12 @@ func (s *Supervisor) post(ev any) {
 	}
 }
 
-// StopRespawning tells the supervisor the master is draining: workers that
+// BeginDrain tells the supervisor the master is draining: workers that
 // exit from now on are not replaced (a signal sent to the whole process
-// group, such as Ctrl-C, must not make it respawn while it drains).
-func (s *Supervisor) StopRespawning() { s.post(stopRespawningEvent{}) }
+// group, such as Ctrl-C, must not make it respawn while it drains), and
+// the workers that asked to hear it (ipc.ActDrainSupported) are told, so
+// that each of their connections closes after its next response.
+func (s *Supervisor) BeginDrain() { s.post(drainEvent{}) }
 
 // Shutdown asks Run to disconnect every worker, respawn none, SIGKILL what
 // is left after deadline, and return nil once every worker is gone.
@@ -186,26 +188,41 @@ func (s *Supervisor) Workers() []Info {
 // WorkersContext is Workers that gives up when ctx ends: an error means the
 // supervisor's loop did not answer (it is stuck, or has returned).
 func (s *Supervisor) WorkersContext(ctx context.Context) ([]Info, error) {
+	p, err := s.PoolContext(ctx)
+	return p.Workers, err
+}
+
+// Pool is the pool as the supervisor sees it.
+type Pool struct {
+	Workers []Info // the live workers
+	// Wanted is how many workers the pool keeps: the slots, but for those
+	// whose worker left on purpose (they are not respawned).
+	Wanted int
+}
+
+// PoolContext returns the pool, or gives up when ctx ends, as
+// WorkersContext does.
+func (s *Supervisor) PoolContext(ctx context.Context) (Pool, error) {
 	select {
 	case <-s.running:
 	default:
-		return nil, nil // Run has not started: no workers yet
+		return Pool{Wanted: len(s.slots)}, nil // Run has not started: no workers yet
 	}
-	reply := make(chan []Info, 1)
+	reply := make(chan Pool, 1)
 	select {
 	case s.events <- snapshotEvent{reply}:
 	case <-s.done:
-		return nil, ErrStopped
+		return Pool{}, ErrStopped
 	case <-ctx.Done():
-		return nil, fmt.Errorf("supervisor loop busy: %w", ctx.Err())
+		return Pool{}, fmt.Errorf("supervisor loop busy: %w", ctx.Err())
 	}
 	select {
 	case r := <-reply:
 		return r, nil
 	case <-s.done:
-		return nil, ErrStopped
+		return Pool{}, ErrStopped
 	case <-ctx.Done():
-		return nil, fmt.Errorf("supervisor loop did not answer: %w", ctx.Err())
+		return Pool{}, fmt.Errorf("supervisor loop did not answer: %w", ctx.Err())
 	}
 }
 
@@ -248,6 +265,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.logger.Info("All workers exited")
 			return nil
 		}
+		if s.allLeft() {
+			s.logger.Info("Every worker left on purpose; stopping")
+			s.shutdown = true
+			return nil
+		}
 	}
 }
 
@@ -274,17 +296,53 @@ func (s *Supervisor) handle(ev any) {
 		}
 	case shutdownEvent:
 		s.beginShutdown(ev.deadline)
-	case stopRespawningEvent:
-		s.noRespawn = true
+	case drainEvent:
+		s.noRespawn, s.draining = true, true
 		for _, sl := range s.slots {
 			if sl.respawnTimer != nil {
 				sl.respawnTimer.Stop()
 				sl.respawnTimer = nil
 			}
 		}
+		for _, w := range s.byPid {
+			s.tellDraining(w)
+		}
 	case snapshotEvent:
-		ev.reply <- s.snapshot()
+		ev.reply <- Pool{Workers: s.snapshot(), Wanted: s.wanted()}
 	}
+}
+
+// tellDraining sends ipc.ActDrain to w once, if it asked for it and the
+// master is draining.
+func (s *Supervisor) tellDraining(w *Worker) {
+	if !s.draining || !w.drainable || w.drained || w.state >= Disconnecting {
+		return
+	}
+	w.drained = true
+	if err := w.ch.SendCluster([]byte(`{"act":"`+ipc.ActDrain+`"}`), -1, nil); err != nil {
+		w.logger.V(2).Info("Cannot tell the worker the master is draining", "err", err)
+	}
+}
+
+// wanted is how many workers the pool keeps: every slot but those whose
+// worker left on purpose.
+func (s *Supervisor) wanted() int {
+	n := 0
+	for _, sl := range s.slots {
+		if !sl.left {
+			n++
+		}
+	}
+	return n
+}
+
+// allLeft reports whether every slot's worker has left on purpose: the
+// app asked to stop, so the master does.
+func (s *Supervisor) allLeft() bool {
+	if s.shutdown || len(s.byPid) > 0 {
+		return false
+	}
+	return s.wanted() == 0
 }
 
 func (s *Supervisor) snapshot() []Info {

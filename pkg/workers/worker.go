@@ -62,7 +62,10 @@ type Worker struct {
 	killReason string
 	// metrics: the worker announced that it serves its own metrics.
 	metrics bool
-	timers  []*time.Timer
+	// drainable: the worker announced it wants to hear when draining
+	// begins; drained: it has been told.
+	drainable, drained bool
+	timers             []*time.Timer
 }
 
 // ID is the worker's id: 1, 2, 3 … never reused.
