@@ -29,10 +29,10 @@ type Worker struct {
 	ch   *ipc.Channel
 	exit func(code int) // os.Exit; replaced in tests
 
-	mu            sync.Mutex
-	servers       map[string]*rrListener
-	shared        map[string]*sharedListener
-	indexes       map[string]int
+	mu             sync.Mutex
+	servers        map[string]*rrListener
+	shared         map[string]*sharedListener
+	indexes        map[string]int
 	onMessage      []func(json.RawMessage)
 	onDisconnect   []func()
 	onDrain        []func()

@@ -33,19 +33,19 @@ const (
 
 // loopClient is a client connection served by the loop.
 type loopClient struct {
-	l        *loop
-	tok      uint64
-	fd       int
-	h        heads  // the parse state: request and response heads
-	buf      []byte // read but not yet used: buf[r:w]; nil while idle and empty
-	r, w     int
-	scanned  int // bytes at buf[r:] already searched for the end of a head
-	state    uint8
-	deadline time.Time // of the state: idle, header, response or linger timeout; zero: none
+	l         *loop
+	tok       uint64
+	fd        int
+	h         heads  // the parse state: request and response heads
+	buf       []byte // read but not yet used: buf[r:w]; nil while idle and empty
+	r, w      int
+	scanned   int // bytes at buf[r:] already searched for the end of a head
+	state     uint8
+	deadline  time.Time // of the state: idle, header, response or linger timeout; zero: none
 	closed    bool
 	served    bool      // a request has been answered (the first one's header timeout runs from the accept)
 	idleSince time.Time // of csIdle: since the accept or the last response
-	lingered int  // bytes dropped while lingering
+	lingered  int       // bytes dropped while lingering
 	readiness
 
 	// the request in flight
