@@ -247,6 +247,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	for i := range s.slots {
 		s.spawn(i)
 	}
+	err = s.loop(ctx, reaper)
+	s.endDescendants(reaper, ctx.Err() != nil)
+	return err
+}
+
+// loop supervises the pool until it is done: Run's result.
+func (s *Supervisor) loop(ctx context.Context, reaper *Reaper) error {
 	for {
 		select {
 		case ev := <-s.events:
