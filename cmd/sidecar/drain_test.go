@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sidecar-project/sidecar/internal/testkit"
+	"github.com/sidecar-project/sidecar/pkg/cluster"
 )
 
 // keepAliveClient is one persistent connection sending requests back to
@@ -117,4 +120,87 @@ func TestSIGTERMLosesNoKeepAliveRequest(t *testing.T) {
 			})
 		}
 	}
+}
+
+// leaverWorker serves "worker <id>" and, on /leave, leaves the pool on
+// purpose after answering (cluster.worker.disconnect() in Node).
+func leaverWorker() int {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "worker %d", cluster.ID())
+	})
+	mux.HandleFunc("/leave", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "worker %d leaves", cluster.ID())
+		go func() {
+			if cw, _ := cluster.Current(); cw != nil {
+				cw.Disconnect()
+			}
+		}()
+	})
+	return serveSDK(mux)
+}
+
+// TestVoluntaryExitsShrinkThePool: a worker that leaves on purpose is not
+// wanted back, so the pool stays ready without it (with the default
+// --min-ready, all workers); when the last one leaves, the master exits 0.
+func TestVoluntaryExitsShrinkThePool(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--", "env", envRole+"=worker-leaver", os.Args[0])
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	ready := "http://" + adminAddrOf(t, m) + "/readyz"
+	waitStatus(t, ready, 200, 10*time.Second)
+	if _, body, err := get("http://" + m.addr + "/leave"); err != nil {
+		t.Fatalf("/leave: %v %q", err, body)
+	}
+	m.waitLine(`reason="voluntary"`, 10*time.Second)
+	if code, _ := mustFetch(t, ready); code != 200 {
+		t.Errorf("/readyz %d after one of two workers left on purpose, want 200", code)
+	}
+	if _, body, err := get("http://" + m.addr + "/leave"); err != nil {
+		t.Fatalf("the second /leave: %v %q", err, body)
+	}
+	if code := m.waitExit(20 * time.Second); code != 0 {
+		t.Errorf("exit code %d after every worker left, want 0", code)
+	}
+	if m.count(`"Respawning worker"`) != 0 {
+		t.Error("a worker that left on purpose was respawned")
+	}
+}
+
+// TestNothingOutlivesTheMaster: a worker script starts a background child
+// (still the script's child once it execs the worker) and an orphan (its
+// parent shell exits at once, so it is re-parented to the master), then
+// execs the real worker. SIGTERM to a master that is not PID 1: it exits 0
+// and no process of that tree is left.
+func TestNothingOutlivesTheMaster(t *testing.T) {
+	pidFile := t.TempDir() + "/pids"
+	script := `sleep 1000 & echo $! >> "$PIDS"; (sleep 1000 & echo $! >> "$PIDS"); exec "$@"`
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--kill-timeout", "2s", "--",
+		"env", "PIDS="+pidFile, envRole+"=worker-slow", "sh", "-c", script, "sh", os.Args[0])
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	var pids []int
+	testkit.WaitFor(t, "the four background processes", 10*time.Second, func() bool {
+		b, _ := os.ReadFile(pidFile)
+		pids = pids[:0]
+		for _, f := range strings.Fields(string(b)) {
+			p, _ := strconv.Atoi(f)
+			pids = append(pids, p)
+		}
+		return len(pids) == 4
+	})
+	for _, p := range pids {
+		if !alive(p) {
+			t.Fatalf("background process %d is not running before the test", p)
+		}
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	for _, p := range pids {
+		if alive(p) {
+			t.Errorf("process %d outlived the master", p)
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	}
+	m.waitLine(`"Stopping processes the workers left behind"`, time.Second)
 }

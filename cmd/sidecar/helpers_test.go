@@ -34,6 +34,8 @@ func TestMain(m *testing.M) {
 		os.Exit(orphanWorker())
 	case "worker-late":
 		os.Exit(lateWorker())
+	case "worker-leaver":
+		os.Exit(leaverWorker())
 	}
 	os.Exit(m.Run())
 }
@@ -55,9 +57,10 @@ func slowWorker() int {
 }
 
 // orphanWorker starts a grandchild that outlives its parent shell, so it is
-// re-parented to the master (PID 1 or subreaper), which must reap it.
+// re-parented to the master (PID 1 or subreaper), which must reap it once
+// it exits (the test kills it; the sleep is only a bound).
 func orphanWorker() int {
-	if err := exec.Command("sh", "-c", "sleep 0.3 >/dev/null 2>&1 &").Run(); err != nil {
+	if err := exec.Command("sh", "-c", "sleep 60 >/dev/null 2>&1 &").Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "orphan worker:", err)
 		return 1
 	}

@@ -102,61 +102,82 @@ func TestHelloWorkersServeRoundRobin(t *testing.T) {
 	}
 }
 
-func TestKilledWorkerIsReplacedWithinASecond(t *testing.T) {
+// A worker killed by SIGKILL while a client keeps asking is replaced in its
+// slot by a new worker (a new id) that serves requests; the other worker is
+// left alone. How soon the replacement serves depends on the machine's
+// load, so it is waited for with a generous deadline, not timed.
+func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
 	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
-	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-	victim := m.workerPids()[1]
+	m.waitLines(`"Worker listening"`, 2, 20*time.Second)
+	before := m.forked()
+	if len(before) != 2 || before[0].id != 1 || before[1].id != 2 || before[0].slot == before[1].slot {
+		t.Fatalf("forked workers %+v, want ids 1 and 2 in two slots", before)
+	}
+	victim, survivor := before[0], before[1]
 
 	type result struct {
 		id  string
-		at  time.Time
 		err error
 	}
 	results := make(chan result, 64)
 	stop := make(chan struct{})
-	go func() { // the client loop: bounded in count and time
-		defer close(results)
-		end := time.Now().Add(15 * time.Second)
-		for i := 0; i < 5000 && time.Now().Before(end); i++ {
+	defer close(stop)
+	go func() { // the client loop, one request at a time, until stopped
+		for range 100000 {
 			select {
 			case <-stop:
 				return
 			default:
 			}
 			id, _, err := get("http://" + m.addr + "/")
-			results <- result{id, time.Now(), err}
+			select {
+			case results <- result{id, err}:
+			case <-stop:
+				return
+			}
 		}
 	}()
-	defer close(stop)
 	for range 10 { // the loop is running
 		if r := <-results; r.err != nil {
 			t.Fatal(r.err)
 		}
 	}
-	killed := time.Now()
-	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(victim.pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+
+	m.waitLine(fmt.Sprintf(`"Worker exited" worker=%d slot=%d pid=%d status="killed by SIGKILL" reason="signal"`,
+		victim.id, victim.slot, victim.pid), 20*time.Second)
+	m.waitLines(`"Worker forked"`, 3, 20*time.Second)
+	nw := m.forked()[2]
+	if nw.id <= survivor.id || nw.slot != victim.slot {
+		t.Fatalf("replacement %+v, want a new id in slot %d", nw, victim.slot)
+	}
+	m.waitLine(fmt.Sprintf(`"Worker listening" worker=%d slot=%d `, nw.id, nw.slot), 20*time.Second)
+
 	// A request the victim had already accepted dies with it (no master can
 	// save a connection a worker has taken); every other one must succeed.
 	// The client loop has one request in flight, so at most one fails.
-	failed := 0
-	for r := range results {
-		if r.err != nil {
-			if failed++; failed > 1 {
-				t.Fatalf("more than the victim's in-flight request failed: %v", r.err)
+	deadline := time.After(30 * time.Second)
+	failed, served := 0, 0
+	for served < 3 {
+		select {
+		case r := <-results:
+			switch {
+			case r.err != nil:
+				if failed++; failed > 1 {
+					t.Fatalf("more than the victim's in-flight request failed: %v", r.err)
+				}
+			case r.id == strconv.Itoa(nw.id):
+				served++
 			}
-			continue
-		}
-		if r.id == "3" {
-			if d := r.at.Sub(killed); d > time.Second {
-				t.Fatalf("the replacement served %v after the kill, want < 1s", d)
-			}
-			m.waitLine(`reason="signal"`, time.Second)
-			return
+		case <-deadline:
+			t.Fatalf("the replacement, worker %d, answered %d requests of the client loop in 30s, want 3", nw.id, served)
 		}
 	}
-	t.Fatal("the client loop ended before worker 3 served a request")
+	if n := len(m.forked()); n != 3 {
+		t.Errorf("%d workers forked, want 3 (worker %d in slot %d kept its place)", n, survivor.id, survivor.slot)
+	}
 }
 
 func TestSIGTERMFinishesRequestsInFlight(t *testing.T) {
@@ -212,7 +233,9 @@ func TestWorkersDieWithTheMaster(t *testing.T) {
 	pids := m.workerPids()
 	m.signal(syscall.SIGKILL)
 	m.waitExit(5 * time.Second)
-	testkit.WaitFor(t, "workers to exit after the master was killed", time.Second, func() bool {
+	// Pdeathsig kills them as the master dies; how soon they are gone
+	// depends on the machine's load.
+	testkit.WaitFor(t, "workers to exit after the master was killed", 20*time.Second, func() bool {
 		for _, pid := range pids {
 			if alive(pid) {
 				return false
@@ -246,18 +269,29 @@ func TestOrphansAreReaped(t *testing.T) {
 			if tc.prefix != nil {
 				pid = onlyChild(t, pid) // unshare forks the master
 			}
-			sawOrphan := false
-			testkit.WaitFor(t, "the orphan to be adopted and reaped", 5*time.Second, func() bool {
-				kids := children(pid)
-				for _, k := range kids {
+			// The orphan sleeps long enough to be seen however loaded the
+			// machine; the test ends it once the master has adopted it.
+			var orphan proc
+			testkit.WaitFor(t, "the orphan to be adopted", 20*time.Second, func() bool {
+				for _, k := range children(pid) {
 					if k.comm == "sleep" {
-						sawOrphan = true
+						orphan = k
+						return true
 					}
-					if k.state == "Z" {
+				}
+				return false
+			})
+			orphanPid, _ := strconv.Atoi(orphan.pid)
+			if err := syscall.Kill(orphanPid, syscall.SIGKILL); err != nil {
+				t.Fatalf("kill the orphan %d: %v", orphanPid, err)
+			}
+			testkit.WaitFor(t, "the orphan to be reaped", 20*time.Second, func() bool {
+				for _, k := range children(pid) {
+					if k.pid == orphan.pid || k.state == "Z" {
 						return false
 					}
 				}
-				return sawOrphan && !hasComm(kids, "sleep")
+				return true
 			})
 		})
 	}
@@ -281,15 +315,6 @@ func children(pid int) []proc {
 		out = append(out, proc{pid: c, comm: s[open+1 : shut], state: s[shut+2 : shut+3]})
 	}
 	return out
-}
-
-func hasComm(ps []proc, comm string) bool {
-	for _, p := range ps {
-		if p.comm == comm {
-			return true
-		}
-	}
-	return false
 }
 
 func onlyChild(t *testing.T, pid int) int {

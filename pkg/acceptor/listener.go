@@ -59,7 +59,8 @@ type Listener struct {
 	logger   klog.Logger
 	changed  chan struct{} // queue, inflight or delayed went down
 
-	backoff   time.Duration // the last accept error's; the loop's own
+	backoff   time.Duration  // the last accept error's; the loop's own
+	errLog    acceptErrorLog // accept error lines; under mu
 	closeOnce sync.Once
 }
 
@@ -176,7 +177,7 @@ func (l *Listener) onReadable(uint32) bool {
 			unix.EHOSTDOWN, unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH, unix.EPERM:
 			continue // errors of that one connection (accept(2)): try the next
 		default:
-			l.acceptFailed(e)
+			l.acceptFailed(e, time.Now())
 			return true
 		}
 		l.backoff = 0
@@ -188,20 +189,24 @@ func (l *Listener) onReadable(uint32) bool {
 	return true
 }
 
-// acceptFailed disarms the listener after an accept error: for good, or
-// for a backoff of 5 ms doubling to 1 s when descriptors or memory run out.
-func (l *Listener) acceptFailed(e error) {
+// acceptFailed disarms the listener after an accept error (at now): for
+// good, or for a backoff of 5 ms doubling to 1 s when descriptors or memory
+// run out. Every error is counted; at most one a second is logged (see
+// acceptErrorLog), the one that stops the listener always.
+func (l *Listener) acceptFailed(e error, now time.Time) {
 	l.opts.Observer.AcceptError(l.name)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !temporary(e) {
-		l.logger.Error(e, "Accept failed; no longer accepting")
+		l.logger.Error(e, "Accept failed; no longer accepting", "suppressed", l.errLog.flush(now))
 		l.failed = true
 		l.rearmLocked()
 		return
 	}
 	l.backoff = min(max(2*l.backoff, 5*time.Millisecond), time.Second)
-	l.logger.Error(e, "Accept failed; backing off", "delay", l.backoff)
+	if l.errLog.allow(now) {
+		l.logger.Error(e, "Accept failed; backing off", "delay", l.backoff, "suppressed", l.errLog.flush(now))
+	}
 	if l.retry != nil {
 		l.retry.Stop()
 	}
@@ -216,6 +221,39 @@ func (l *Listener) acceptFailed(e error) {
 	})
 	l.retry = t
 	l.rearmLocked()
+}
+
+// acceptErrorLogInterval is the least time between two accept error lines
+// of one listener. Out of descriptors, accept can fail hundreds of times a
+// second (a connection accepted in between resets the backoff); the
+// metric counts every failure, the log needs one line a second.
+const acceptErrorLogInterval = time.Second
+
+// acceptErrorLog rate-limits a listener's accept error lines: an error is
+// logged if no line was written in the last acceptErrorLogInterval, and
+// the line says how many errors were left out since the previous one. It
+// allocates nothing.
+type acceptErrorLog struct {
+	last       time.Time // when the last line was written; zero: never
+	suppressed int       // errors left out since then
+}
+
+// allow reports whether an error at now gets a line; if not, the error is
+// counted as left out. A line that is written must call flush.
+func (r *acceptErrorLog) allow(now time.Time) bool {
+	if !r.last.IsZero() && now.Sub(r.last) < acceptErrorLogInterval {
+		r.suppressed++
+		return false
+	}
+	return true
+}
+
+// flush records a line written at now and returns how many errors were
+// left out since the previous one.
+func (r *acceptErrorLog) flush(now time.Time) int {
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	return n
 }
 
 // rearmLocked puts the socket in the loop's epoll set, or takes it out, as

@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
+
 	"github.com/sidecar-project/sidecar/pkg/acceptor"
 	"github.com/sidecar-project/sidecar/pkg/cluster"
 	"github.com/sidecar-project/sidecar/pkg/ipc"
@@ -226,14 +229,89 @@ func formatEvents(evs []event) string {
 	return b.String()
 }
 
+// respawn is one respawn the supervisor decided on: the backoff it chose
+// for slot after that slot's failures-th accidental exit in a row.
+type respawn struct {
+	slot, failures int
+	delay          time.Duration
+}
+
+// respawnLog is a logr.LogSink that passes every line on to klog and keeps
+// the supervisor's "Respawning worker" lines as respawns: what the
+// supervisor decided, which a test can check whatever the machine's load.
+type respawnLog struct {
+	next logr.LogSink
+	kv   []any // from WithValues
+	rec  *respawnRecord
+}
+
+type respawnRecord struct {
+	mu       sync.Mutex
+	respawns []respawn
+}
+
+func (r *respawnRecord) snapshot() []respawn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.respawns)
+}
+
+// newRespawnLog returns a logger that writes through klog and records into
+// rec.
+func newRespawnLog(rec *respawnRecord) logr.Logger {
+	// One more frame (ours) between the caller and klog's sink.
+	next := klog.Background().WithCallDepth(1).GetSink()
+	return logr.New(&respawnLog{next: next, rec: rec})
+}
+
+func (l *respawnLog) Init(logr.RuntimeInfo) {}
+
+// Enabled is true at level 0, where the supervisor logs its decisions,
+// whatever klog's verbosity.
+func (l *respawnLog) Enabled(level int) bool { return level == 0 || l.next.Enabled(level) }
+
+func (l *respawnLog) Info(level int, msg string, kv ...any) {
+	if msg == "Respawning worker" {
+		all := append(slices.Clone(l.kv), kv...)
+		r := respawn{slot: -1, failures: -1, delay: -1}
+		for i := 0; i+1 < len(all); i += 2 {
+			switch v := all[i+1]; all[i] {
+			case "slot":
+				r.slot, _ = v.(int)
+			case "failures":
+				r.failures, _ = v.(int)
+			case "delay":
+				r.delay, _ = v.(time.Duration)
+			}
+		}
+		l.rec.mu.Lock()
+		l.rec.respawns = append(l.rec.respawns, r)
+		l.rec.mu.Unlock()
+	}
+	if l.next.Enabled(level) {
+		l.next.Info(level, msg, kv...)
+	}
+}
+
+func (l *respawnLog) Error(err error, msg string, kv ...any) { l.next.Error(err, msg, kv...) }
+
+func (l *respawnLog) WithValues(kv ...any) logr.LogSink {
+	return &respawnLog{next: l.next.WithValues(kv...), kv: append(slices.Clone(l.kv), kv...), rec: l.rec}
+}
+
+func (l *respawnLog) WithName(name string) logr.LogSink {
+	return &respawnLog{next: l.next.WithName(name), kv: l.kv, rec: l.rec}
+}
+
 // pool is a supervisor running helper workers behind a real acceptor on
 // 127.0.0.1:0.
 type pool struct {
-	t     *testing.T
-	sup   *Supervisor
-	rec   *recorder
-	conns *connCounter
-	addr  string // where clients connect
+	t        *testing.T
+	sup      *Supervisor
+	rec      *recorder
+	respawns *respawnRecord // the supervisor's respawn decisions, from its log
+	conns    *connCounter
+	addr     string // where clients connect
 
 	done   chan struct{} // closed when Run has returned
 	runErr error
@@ -248,7 +326,8 @@ func startPool(t *testing.T, helper string, cfg Config) *pool {
 	if err := acc.Bind([]acceptor.Spec{{Network: "tcp", Address: "127.0.0.1:0"}}); err != nil {
 		t.Fatalf("bind: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	respawns := &respawnRecord{}
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), newRespawnLog(respawns)))
 	if err := acc.Start(ctx); err != nil {
 		cancel()
 		t.Fatalf("start: %v", err)
@@ -277,7 +356,7 @@ func startPool(t *testing.T, helper string, cfg Config) *pool {
 		acc.Close()
 		t.Fatalf("New: %v", err)
 	}
-	p := &pool{t: t, sup: sup, rec: rec, conns: conns, addr: ln.Addr().String(), done: make(chan struct{})}
+	p := &pool{t: t, sup: sup, rec: rec, respawns: respawns, conns: conns, addr: ln.Addr().String(), done: make(chan struct{})}
 	go func() {
 		p.runErr = sup.Run(ctx)
 		close(p.done)

@@ -9,40 +9,50 @@ import (
 )
 
 // A worker that keeps crashing is respawned after a delay that doubles from
-// BackoffMin up to BackoffMax.
+// BackoffMin up to BackoffMax. The test checks the delays the supervisor
+// chose (its "Respawning worker" decisions), not how long the respawns
+// took: worker start-up time, which load stretches, plays no part.
 func TestRespawnBackoffGrows(t *testing.T) {
-	const forks = 6
+	const respawns = 6
 	cfg := Config{
-		Workers: 1, BackoffMin: 20 * time.Millisecond, BackoffMax: 320 * time.Millisecond,
+		Workers: 1, BackoffMin: 20 * time.Millisecond, BackoffMax: 160 * time.Millisecond,
 		MaxStartFailures: 1000, StableAfter: time.Hour,
 	}
+	want := []time.Duration{ // doubling, then capped
+		20 * time.Millisecond, 40 * time.Millisecond, 80 * time.Millisecond,
+		160 * time.Millisecond, 160 * time.Millisecond, 160 * time.Millisecond,
+	}
 	p := startPool(t, "crash", cfg)
-	evs, _ := p.await(20*time.Second, "6 forks of slot 0", func(evs []event, _ []Info) bool {
-		return len(pick(evs, kindForked, 0)) >= forks
+	evs, _ := p.await(60*time.Second, "6 respawns of slot 0", func(evs []event, _ []Info) bool {
+		return len(pick(evs, kindForked, 0)) > respawns
 	})
 	forked, exited := pick(evs, kindForked, 0), pick(evs, kindExited, 0)
-	if len(exited) < forks-1 || len(pick(evs, kindRestarted, 0)) < forks-1 {
-		t.Fatalf("want %d exits and restarts before fork %d, got:\n%s", forks-1, forks, formatEvents(evs))
+	if len(exited) < respawns || len(pick(evs, kindRestarted, 0)) < respawns {
+		t.Fatalf("want %d exits and restarts before fork %d, got:\n%s", respawns, respawns+1, formatEvents(evs))
 	}
-	var gaps []time.Duration
-	for k := range forks - 1 {
+	// Every respawn was decided (and logged) before its fork.
+	decided := p.respawns.snapshot()
+	if len(decided) < respawns {
+		t.Fatalf("%d respawn decisions logged for %d respawns: %+v", len(decided), respawns, decided)
+	}
+	var delays []time.Duration
+	for k := range respawns {
 		if exited[k].reason != ReasonCrash {
 			t.Errorf("exit %d: reason %q, want %q", k, exited[k].reason, ReasonCrash)
 		}
-		// The respawn timer starts after Exited is reported: this bound
-		// is exact, whatever the machine's load.
-		want := min(cfg.BackoffMin<<k, cfg.BackoffMax)
-		if d := forked[k+1].at.Sub(exited[k].at); d < want {
-			t.Errorf("respawn %d came %v after the exit, want at least %v", k+1, d, want)
+		d := decided[k]
+		delays = append(delays, d.delay)
+		if d.slot != 0 || d.failures != k+1 || d.delay != want[k] {
+			t.Errorf("respawn %d: slot %d after %d failures in a row with a delay of %v; want slot 0, %d failures, %v",
+				k+1, d.slot, d.failures, d.delay, k+1, want[k])
 		}
-		gaps = append(gaps, forked[k+1].at.Sub(forked[k].at))
+		// The respawn timer starts after Exited is reported and a timer
+		// never fires early, so this holds whatever the machine's load.
+		if gap := forked[k+1].at.Sub(exited[k].at); gap < d.delay {
+			t.Errorf("respawn %d forked %v after the exit, before its delay of %v", k+1, gap, d.delay)
+		}
 	}
-	t.Logf("gaps between forks: %v", gaps)
-	// Process start-up adds the same cost to every gap; the backoff adds
-	// 20ms to the first and 320ms to the last.
-	if gaps[3] <= gaps[0] || gaps[4] <= gaps[1] {
-		t.Errorf("gaps between forks do not grow: %v", gaps)
-	}
+	t.Logf("respawn delays chosen: %v", delays)
 }
 
 // A worker that leaves on purpose (exitedAfterDisconnect) is not respawned,
@@ -101,25 +111,62 @@ func TestVoluntaryExitNotRespawned(t *testing.T) {
 }
 
 // A worker that does not listen within StartTimeout is killed and respawned.
+//
+// The silent helper comes online and then never listens. A helper that
+// starts so slowly (a loaded machine) that it is not even online when its
+// StartTimeout ends is killed the same way; the test waits, with a
+// deadline, for a worker that did come online, so that a slow start only
+// makes it wait longer.
 func TestStartTimeout(t *testing.T) {
-	cfg := Config{Workers: 1, StartTimeout: 500 * time.Millisecond, MaxStartFailures: 100}
+	cfg := Config{Workers: 1, StartTimeout: 500 * time.Millisecond, MaxStartFailures: 1000}
 	p := startPool(t, "silent", cfg)
-	evs, _ := p.await(10*time.Second, "a respawn after the start timeout", func(evs []event, _ []Info) bool {
-		return len(pick(evs, kindForked, 0)) >= 2
+	// The indexes in the events of slot 0 of: the fork of a worker that came
+	// online and was killed for not listening, its exit, the next fork.
+	var fork, exit, next int
+	p.await(60*time.Second, "a worker that came online to time out and be replaced", func(evs []event, _ []Info) bool {
+		evs = onlySlot(evs, 0)
+		cur, online, ex := -1, false, -1
+		for i, e := range evs {
+			switch {
+			case e.kind == kindForked && ex >= 0:
+				fork, exit, next = cur, ex, i
+				return true
+			case e.kind == kindForked:
+				cur, online = i, false
+			case e.kind == kindState && e.to == Online:
+				online = true
+			case e.kind == kindExited && online && e.reason == ReasonStartTimeout:
+				ex = i
+			}
+		}
+		return false
 	})
-	forked, exited := pick(evs, kindForked, 0), pick(evs, kindExited, 0)
-	if len(exited) == 0 || exited[0].reason != ReasonStartTimeout {
-		t.Fatalf("want an exit with reason %q first:\n%s", ReasonStartTimeout, formatEvents(evs))
+	evs := onlySlot(p.rec.snapshot(), 0)
+	for _, e := range pick(evs, kindExited, 0) {
+		if e.reason != ReasonStartTimeout {
+			t.Errorf("a silent worker exited with reason %q, want %q:\n%s", e.reason, ReasonStartTimeout, formatEvents(evs))
+			break
+		}
 	}
-	if d := exited[0].at.Sub(forked[0].at); d < cfg.StartTimeout {
+	// The start timer is set after the fork is reported and never fires
+	// early, so this holds whatever the machine's load.
+	if d := evs[exit].at.Sub(evs[fork].at); d < cfg.StartTimeout {
 		t.Errorf("killed %v after the fork, before the start timeout %v", d, cfg.StartTimeout)
 	}
-	if len(pick(evs, kindRestarted, 0)) == 0 {
-		t.Errorf("no Restarted before the second fork:\n%s", formatEvents(evs))
+	if len(pick(evs[exit:next], kindRestarted, 0)) != 1 {
+		t.Errorf("want one Restarted between the exit and the next fork:\n%s", formatEvents(evs))
 	}
-	if !slices.ContainsFunc(pick(evs, kindState, 0), func(e event) bool { return e.to == Online }) {
-		t.Errorf("the silent worker never came online:\n%s", formatEvents(evs))
+}
+
+// onlySlot returns the events of slot.
+func onlySlot(evs []event, slot int) []event {
+	var out []event
+	for _, e := range evs {
+		if e.slot == slot {
+			out = append(out, e)
+		}
 	}
+	return out
 }
 
 // When every worker keeps failing before it listens, Run gives up.
@@ -188,9 +235,11 @@ func TestProtocolErrorReplacesWorker(t *testing.T) {
 }
 
 // A worker killed by SIGKILL while a client keeps asking is replaced by a
-// new worker (new id) that serves within a second, and no request fails:
+// new worker (a new id, the same slot) that serves, and no request fails:
 // the connections that reach the dead worker before the master notices are
-// given to another worker, the rest wait in the backlog or the queue.
+// given to another worker, the rest wait in the backlog or the queue. How
+// soon the replacement serves depends on the machine's load, so it is
+// waited for, not timed.
 //
 // The kill lands between two requests, right after slot 1 answered, so the
 // next connection is headed for the dying worker. A kill at an arbitrary
@@ -199,22 +248,21 @@ func TestProtocolErrorReplacesWorker(t *testing.T) {
 // the worker, whatever the master does.
 func TestKilledWorkerIsReplaced(t *testing.T) {
 	p := startPool(t, "serve", Config{Workers: 2})
-	old := p.awaitListening(10*time.Second, 0, 1)
+	old := p.awaitListening(20*time.Second, 0, 1)
 	killed := make(chan struct{})
-	var killedAt time.Time
 	var killErr error
-	cl := startClientLoop(p.addr, 5000, 20*time.Second, func(as []answer) bool {
+	cl := startClientLoop(p.addr, 20000, 60*time.Second, func(as []answer) bool {
 		if len(as) < 20 || as[len(as)-1].id != old[1].ID {
 			return false
 		}
-		killedAt, killErr = time.Now(), syscall.Kill(old[0].Pid, syscall.SIGKILL)
+		killErr = syscall.Kill(old[0].Pid, syscall.SIGKILL)
 		close(killed)
 		return true
 	})
 	defer cl.halt(t)
 	select {
 	case <-killed:
-	case <-time.After(10 * time.Second):
+	case <-time.After(20 * time.Second):
 		as, errs := cl.results()
 		t.Fatalf("the client loop never killed the worker: %d answers, errors %v", len(as), errs)
 	}
@@ -222,32 +270,38 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 		t.Fatalf("kill %d: %v", old[0].Pid, killErr)
 	}
 
-	evs, _ := p.await(5*time.Second, "slot 0 to exit", func(evs []event, _ []Info) bool {
+	evs, _ := p.await(20*time.Second, "slot 0 to exit", func(evs []event, _ []Info) bool {
 		return len(pick(evs, kindExited, 0)) > 0
 	})
 	if r := pick(evs, kindExited, 0)[0].reason; r != ReasonSignal {
 		t.Errorf("slot 0 exited with reason %q, want %q", r, ReasonSignal)
 	}
-	nw := p.awaitListening(5*time.Second, 0)[0]
+	ws := p.awaitListening(20*time.Second, 0, 1)
+	nw := ws[0]
 	if nw.ID == old[0].ID || nw.ID == old[1].ID {
-		t.Errorf("replacement has the old id %d", nw.ID)
+		t.Errorf("slot 0's replacement %+v is not a new worker (old: %+v, %+v)", nw, old[0], old[1])
 	}
-	as := cl.await(t, 5*time.Second, "an answer from the replacement", func(as []answer) bool {
+	if ws[1].ID != old[1].ID {
+		t.Errorf("slot 1 has worker %d, want %d untouched", ws[1].ID, old[1].ID)
+	}
+	as := cl.await(t, 20*time.Second, "an answer from the replacement", func(as []answer) bool {
 		return slices.ContainsFunc(as, func(a answer) bool { return a.id == nw.ID })
 	})
-	i := slices.IndexFunc(as, func(a answer) bool { return a.id == nw.ID })
-	if d := as[i].at.Sub(killedAt); d > time.Second {
-		t.Errorf("the replacement first served %v after the kill, want within 1s", d)
-	}
 	n := len(as)
-	cl.await(t, 10*time.Second, "20 more answers", func(as []answer) bool { return len(as) >= n+20 })
+	cl.await(t, 20*time.Second, "20 more answers", func(as []answer) bool { return len(as) >= n+20 })
 	as, errs := cl.halt(t)
 	for _, err := range errs {
 		t.Errorf("request failed: %v", err)
 	}
-	conns := p.conns.awaitAllTaken(t, 5*time.Second)
-	t.Logf("%d requests, %d failed; %d connections, %d given again after the worker died; replacement served %v after the kill",
-		len(as)+len(errs), len(errs), conns, p.conns.workerDied.Load(), as[i].at.Sub(killedAt).Round(time.Millisecond))
+	for _, a := range as {
+		if a.id != old[0].ID && a.id != old[1].ID && a.id != nw.ID {
+			t.Errorf("worker %d answered; only %d, %d and the replacement %d exist", a.id, old[0].ID, old[1].ID, nw.ID)
+			break
+		}
+	}
+	conns := p.conns.awaitAllTaken(t, 20*time.Second)
+	t.Logf("%d requests, %d failed; %d connections, %d given again after the worker died",
+		len(as)+len(errs), len(errs), conns, p.conns.workerDied.Load())
 }
 
 // Shutdown disconnects every worker; they leave on purpose and Run returns
