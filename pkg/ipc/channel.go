@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,7 +56,7 @@ type Channel struct {
 
 	mu       sync.Mutex
 	seq      int64
-	replies  map[int64]ReplyFunc
+	replies  map[int64]pendingReply
 	inflight *outgoing  // the handle message awaiting its ACK
 	retrans  int        // NACKs seen for inflight
 	held     []outgoing // messages queued behind inflight, in order
@@ -101,7 +102,7 @@ func newChannel(f *os.File, polled bool) (*Channel, error) {
 		nf.Close()
 		return nil, fmt.Errorf("ipc: channel fd %d: %w", fd, err)
 	}
-	return &Channel{file: nf, rc: rc, polled: polled, replies: make(map[int64]ReplyFunc)}, nil
+	return &Channel{file: nf, rc: rc, polled: polled, replies: make(map[int64]pendingReply)}, nil
 }
 
 func dupCloexec(f *os.File) (int, error) {
@@ -191,8 +192,8 @@ func (c *Channel) end(why error) {
 	if waiter != nil {
 		waiter.Close() // the flusher stops waiting
 	}
-	for _, fn := range replies {
-		fn(nil, why)
+	for _, r := range replies {
+		r.fn(nil, why)
 	}
 	if onEnd != nil {
 		onEnd()
@@ -234,7 +235,7 @@ func (c *Channel) SendCluster(body []byte, fd int, onReply ReplyFunc) error {
 	line = append(line, '\n')
 	o := outgoing{line: line, fd: fd, seq: -1}
 	if onReply != nil {
-		c.replies[seq] = onReply
+		c.replies[seq] = pendingReply{onReply, time.Now()}
 		o.seq = seq
 	}
 	err := c.sendLocked(o)
@@ -284,7 +285,7 @@ func (c *Channel) SendNewConn(quotedKey []byte, fd int, onReply ReplyFunc) error
 	line = append(line, "}}\n"...)
 	o := outgoing{line: line, fd: fd, seq: -1}
 	if onReply != nil { // a nil entry would be called by end
-		c.replies[seq] = onReply
+		c.replies[seq] = pendingReply{onReply, time.Now()}
 		o.seq = seq
 	}
 	err := c.sendLocked(o)
@@ -369,7 +370,7 @@ func (c *Channel) onHandleNack() {
 	c.inflight = nil
 	var fn ReplyFunc
 	if lost.seq >= 0 {
-		fn = c.replies[lost.seq]
+		fn = c.replies[lost.seq].fn
 		delete(c.replies, lost.seq)
 	}
 	err := c.releaseHeldLocked()
@@ -399,15 +400,36 @@ func (c *Channel) releaseHeldLocked() error {
 	return nil
 }
 
+// pendingReply is a request of ours waiting for its reply.
+type pendingReply struct {
+	fn   ReplyFunc
+	sent time.Time
+}
+
 // takeReply removes and returns the reply callback for ack, if any.
 func (c *Channel) takeReply(ack int64) ReplyFunc {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	fn := c.replies[ack]
-	if fn != nil {
+	r, ok := c.replies[ack]
+	if ok {
 		delete(c.replies, ack)
 	}
-	return fn
+	return r.fn
+}
+
+// OldestPending is when the oldest of our requests still waiting for its
+// reply (a handed-off connection's accepted, a metrics gather) was sent;
+// zero when none waits. A peer that leaves one unanswered for long is hung.
+func (c *Channel) OldestPending() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var oldest time.Time
+	for _, r := range c.replies {
+		if oldest.IsZero() || r.sent.Before(oldest) {
+			oldest = r.sent
+		}
+	}
+	return oldest
 }
 
 var (

@@ -105,7 +105,7 @@ func New(reg prometheus.Registerer, version string, slots int, procs func() []wo
 		m.slotDispatch = append(m.slotDispatch, m.dispatched.WithLabelValues(label))
 		m.restarts.WithLabelValues(label)
 	}
-	for _, r := range []string{workers.ReasonCrash, workers.ReasonSignal, workers.ReasonVoluntary, workers.ReasonStartTimeout, workers.ReasonProtocolError} {
+	for _, r := range []string{workers.ReasonCrash, workers.ReasonSignal, workers.ReasonVoluntary, workers.ReasonStartTimeout, workers.ReasonProtocolError, workers.ReasonHung} {
 		m.exits.WithLabelValues(r)
 	}
 	for _, r := range []string{"rejected", "worker_died"} {

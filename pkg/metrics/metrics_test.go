@@ -150,7 +150,7 @@ func TestFamiliesAndInitialSeries(t *testing.T) {
 	if _, ok := value(t, reg, "sidecar_workers", "state", "dead"); ok {
 		t.Error(`sidecar_workers{state="dead"} exists; dead workers are not a state of the pool`)
 	}
-	for _, r := range []string{"crash", "signal", "voluntary", "start_timeout", "protocol_error"} {
+	for _, r := range []string{"crash", "signal", "voluntary", "start_timeout", "protocol_error", "hung"} {
 		want(t, reg, 0, "sidecar_worker_exits_total", "reason", r)
 	}
 	for _, r := range []string{"rejected", "worker_died"} {
@@ -217,6 +217,7 @@ func TestExitedAndRestarted(t *testing.T) {
 # HELP sidecar_worker_exits_total Worker exits by reason.
 # TYPE sidecar_worker_exits_total counter
 sidecar_worker_exits_total{reason="crash"} 2
+sidecar_worker_exits_total{reason="hung"} 0
 sidecar_worker_exits_total{reason="protocol_error"} 0
 sidecar_worker_exits_total{reason="signal"} 1
 sidecar_worker_exits_total{reason="start_timeout"} 0

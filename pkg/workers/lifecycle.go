@@ -191,6 +191,22 @@ func (s *Supervisor) escalate(w *Worker, d time.Duration) {
 	w.after(d+s.cfg.KillTimeout, func() { s.post(timerEvent{w, s.killLate}) })
 }
 
+// killHung kills the workers that have left a request of the master's
+// unanswered for HandoffTimeout (SIGSTOPped, or a Node worker whose event
+// loop is blocked): what they were handed goes to another worker when
+// their channel ends, and they are respawned.
+func (s *Supervisor) killHung(now time.Time) {
+	for _, w := range s.byPid {
+		if w.state >= Disconnecting || w.killReason != "" {
+			continue
+		}
+		if sent := w.ch.OldestPending(); !sent.IsZero() && now.Sub(sent) >= s.cfg.HandoffTimeout {
+			w.logger.Error(nil, "Worker is hung: it left a handed-off connection unanswered; killing it", "waited", now.Sub(sent).Round(time.Millisecond), "handoffTimeout", s.cfg.HandoffTimeout)
+			s.kill(w, syscall.SIGKILL, ReasonHung)
+		}
+	}
+}
+
 func (s *Supervisor) killLate(w *Worker) {
 	w.logger.Info("Worker still running; sending SIGKILL")
 	s.kill(w, syscall.SIGKILL, "")

@@ -27,7 +27,12 @@ type Config struct {
 	Env            []string
 	Stdout, Stderr *os.File
 
-	StartTimeout      time.Duration // not listening by then: killed, a crash
+	StartTimeout time.Duration // not listening by then: killed, a crash
+	// HandoffTimeout: a worker that leaves a request of the master's
+	// unanswered this long (a handed-off connection, a metrics gather) is
+	// hung: it is killed (ReasonHung) and respawned, and the connection
+	// goes to another worker. 0 disables the check.
+	HandoffTimeout    time.Duration
 	DisconnectTimeout time.Duration // disconnect → SIGTERM
 	KillTimeout       time.Duration // SIGTERM → SIGKILL
 	BackoffMin        time.Duration
@@ -254,12 +259,20 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 // loop supervises the pool until it is done: Run's result.
 func (s *Supervisor) loop(ctx context.Context, reaper *Reaper) error {
+	var hungCheck <-chan time.Time
+	if d := s.cfg.HandoffTimeout; d > 0 {
+		t := time.NewTicker(min(max(d/4, 10*time.Millisecond), time.Second))
+		defer t.Stop()
+		hungCheck = t.C
+	}
 	for {
 		select {
 		case ev := <-s.events:
 			s.handle(ev)
 		case ex := <-reaper.Exits():
 			s.onExit(ex)
+		case now := <-hungCheck:
+			s.killHung(now)
 		case <-ctx.Done():
 			s.killAll(reaper)
 			return ctx.Err()

@@ -40,6 +40,7 @@ const (
 	ReasonVoluntary     = "voluntary"
 	ReasonStartTimeout  = "start_timeout"
 	ReasonProtocolError = "protocol_error"
+	ReasonHung          = "hung" // a handoff left unanswered for --handoff-timeout
 )
 
 // Worker is one worker process. Its fields are owned by the supervisor's
