@@ -7,12 +7,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sidecar-project/sidecar/pkg/acceptor"
 	"github.com/sidecar-project/sidecar/pkg/health"
 	"github.com/sidecar-project/sidecar/pkg/metrics"
 	"github.com/sidecar-project/sidecar/pkg/workers"
@@ -33,7 +35,7 @@ const probeTimeout = 2 * time.Second
 // newAdmin binds addr and builds the handlers. minReady is how many workers
 // must listen for /readyz to pass; extra are further readiness checks (the
 // upstream's, in sidecar mode).
-func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gatherer, m *metrics.Metrics, sup *workers.Supervisor, extra ...health.Check) (*admin, error) {
+func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gatherer, m *metrics.Metrics, sup *workers.Supervisor, acc *acceptor.Acceptor, extra ...health.Check) (*admin, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin server: %w", err)
@@ -55,6 +57,12 @@ func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gathe
 		health.NamedCheck("draining", func(*http.Request) error {
 			if a.draining.Load() {
 				return errors.New("the master is draining")
+			}
+			return nil
+		}),
+		health.NamedCheck("listeners", func(*http.Request) error {
+			if u := acc.Unserved(); len(u) > 0 {
+				return fmt.Errorf("no worker listens on %s (a worker listening on another address leaves it a black hole)", strings.Join(u, ", "))
 			}
 			return nil
 		}),

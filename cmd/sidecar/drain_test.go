@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -203,4 +204,131 @@ func TestNothingOutlivesTheMaster(t *testing.T) {
 		}
 	}
 	m.waitLine(`"Stopping processes the workers left behind"`, time.Second)
+}
+
+// TestTooFewDescriptors: --workers beyond what the descriptor limit can
+// hold is refused before anything starts; a master that passes the check
+// but still runs out (here, 30 descriptors it inherited take the room)
+// cannot start every worker, says so, and still exits promptly on SIGTERM.
+func TestTooFewDescriptors(t *testing.T) {
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Fatal("prlimit (util-linux) is needed")
+	}
+	refused := exec.Command(prlimit, "--nofile=64", os.Args[0], "--workers", "40")
+	refused.Env = append(os.Environ(), envRole+"=main")
+	out, err := refused.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "--workers 40 needs at least 112 file descriptors") {
+		t.Errorf("40 workers under ulimit -n 64: %v\n%s", err, out)
+	}
+
+	args := []string{"--nofile=72", os.Args[0], "--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--workers", "20"}
+	cmd := exec.Command(prlimit, args...)
+	cmd.Env = append(os.Environ(), envRole+"=main", "GORACE=atexit_sleep_ms=0")
+	for range 30 {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
+	m := startCmd(t, cmd)
+	m.waitLine(`"Cannot start worker"`, 20*time.Second)
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+}
+
+// TestHungWorkerIsReplaced: one of two workers is stopped (SIGSTOP) while
+// requests come in; with --handoff-timeout 1s the connection handed to it
+// is not lost: the worker is killed as hung, the connection goes to the
+// other worker, and the slot gets a new worker.
+func TestHungWorkerIsReplaced(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--handoff-timeout", "1s")
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	pids := m.workerPids()
+	stopped := pids[1]
+	if err := syscall.Kill(stopped, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(stopped, syscall.SIGKILL)
+	slow := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	served := map[string]int{}
+	for i := 0; i < 6; i++ { // round-robin: some go to the stopped worker first
+		resp, err := slow.Get("http://" + m.addr + "/")
+		if err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		served[resp.Header.Get("X-Sidecar-Worker")]++
+	}
+	line := m.waitLine(`"Worker exited" worker=1 `, 20*time.Second)
+	if !strings.Contains(line, `reason="hung"`) {
+		t.Errorf("the stopped worker's exit: %s", line)
+	}
+	m.waitLine(`"Worker is hung`, time.Second)
+	m.waitLine(`"Worker forked" worker=3 slot=0`, 20*time.Second)
+	if served["1"] != 0 {
+		t.Errorf("the stopped worker served %d requests", served["1"])
+	}
+	t.Logf("served by worker: %v", served)
+}
+
+// elsewhereWorker listens on a port of its own choosing, not the one the
+// master was told to listen on (Node's docs' listen(8000) under a master
+// started with another port).
+func elsewhereWorker() int {
+	if err := cluster.Serve(&http.Server{Handler: http.NotFoundHandler()}, "127.0.0.1:0"); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		return 1
+	}
+	return 0
+}
+
+// TestUnservedListenerIsNotReady: a --listen listener no worker listens on
+// fails /readyz (the listeners check) and the log says which listener is
+// left unserved and what the worker asked for.
+func TestUnservedListenerIsNotReady(t *testing.T) {
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--", "env", envRole+"=worker-elsewhere", os.Args[0])
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	line := m.waitLine(`"A worker listens on an address no --listen names`, 10*time.Second)
+	if !strings.Contains(line, m.addr) {
+		t.Errorf("the warning does not name the unserved listener %s: %s", m.addr, line)
+	}
+	admin := adminAddrOf(t, m)
+	body := waitStatus(t, "http://"+admin+"/readyz?verbose", 503, 10*time.Second)
+	if !strings.Contains(body, "[-]listeners failed") || !strings.Contains(body, "[+]workers ok") {
+		t.Errorf("/readyz?verbose:\n%s", body)
+	}
+}
+
+// TestSIGTERMLosesNoKeepAliveRequestOfANodeApp: a Node app that opts in
+// ({sidecar: "drainable"}, see the README) loses no keep-alive request at
+// SIGTERM with a --shutdown-delay either.
+func TestSIGTERMLosesNoKeepAliveRequestOfANodeApp(t *testing.T) {
+	m := startNode(t, []string{"APP_DRAINABLE=1"}, "--shutdown-delay", "1s")
+	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+	var wg sync.WaitGroup
+	cs := loopRequests(m.addr, 20, 1_000_000, &wg)
+	testkit.WaitFor(t, "every connection to be busy", 30*time.Second, func() bool {
+		for _, c := range cs {
+			if c.requests.Load() < 5 {
+				return false
+			}
+		}
+		return true
+	})
+	m.signal(syscall.SIGTERM)
+	wg.Wait()
+	for i, c := range cs {
+		if c.err != nil || !c.lastClose {
+			t.Errorf("connection %d: %d requests, error %v, last said close: %v", i+1, c.requests.Load(), c.err, c.lastClose)
+		}
+	}
+	if code := m.waitExit(30 * time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
 }

@@ -5,9 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -22,6 +25,7 @@ type config struct {
 	workers      int
 	schedule     string
 	startTimeout time.Duration
+	handoff      time.Duration // --handoff-timeout; 0: no hung-worker check
 	drainTimeout time.Duration
 	killTimeout  time.Duration
 	queueSize    int
@@ -74,6 +78,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "`N` worker processes; the default is GOMAXPROCS, which follows the container's CPU limit")
 	schedule := fs.String("schedule", "", "`MODE`: rr (the master accepts and hands connections out round-robin) or shared (workers accept on the listening socket); default rr, or NODE_CLUSTER_SCHED_POLICY=rr|none")
 	startTimeout := fs.Duration("start-timeout", 30*time.Second, "a worker not listening this long after it starts is killed and counts as a crash")
+	handoff := fs.Duration("handoff-timeout", 30*time.Second, "a worker that leaves a handed-off connection unacknowledged this long is hung: it is killed (exit reason hung) and respawned, and the connection goes to another worker; 0 disables the check")
 	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long workers get to finish in-flight work before SIGKILL")
 	killTimeout := fs.Duration("kill-timeout", 5*time.Second, "after a worker is sent SIGTERM, how long before SIGKILL")
 	queueSize := fs.Int("queue-size", 1024, "connections held per listener while every worker is busy; accepting pauses beyond it")
@@ -97,7 +102,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		return nil, err
 	}
 	c := &config{
-		workers: *workers, schedule: *schedule, startTimeout: *startTimeout,
+		workers: *workers, schedule: *schedule, startTimeout: *startTimeout, handoff: *handoff,
 		drainTimeout: *drainTimeout, killTimeout: *killTimeout, queueSize: *queueSize,
 		adminAddr: *adminAddr, enablePprof: *enablePprof, minReady: *minReady, shutdown: *shutdownDelay,
 		command: fs.Args(),
@@ -136,9 +141,22 @@ func scheduleFromNode(v string) string {
 	return "rr"
 }
 
+// maxWorkers bounds --workers: beyond it a master spends its time
+// forking, not serving, and one machine's descriptors and memory run out.
+const maxWorkers = 1024
+
 func (c *config) validate(listen []string) error {
-	if c.workers < 1 {
-		return usageError{fmt.Sprintf("--workers must be at least 1, got %d", c.workers)}
+	if c.workers < 1 || c.workers > maxWorkers {
+		return usageError{fmt.Sprintf("--workers must be between 1 and %d, got %d", maxWorkers, c.workers)}
+	}
+	if err := checkDescriptors(c.workers); err != nil {
+		return err
+	}
+	if c.handoff < 0 {
+		return usageError{fmt.Sprintf("--handoff-timeout must not be negative (0 disables it), got %v", c.handoff)}
+	}
+	if err := checkAdminAddr(c.adminAddr); err != nil {
+		return err
 	}
 	if c.schedule != "rr" && c.schedule != "shared" {
 		return usageError{fmt.Sprintf("--schedule must be rr or shared, got %q", c.schedule)}
@@ -224,4 +242,49 @@ Examples:
 
 Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits 1 at once).
 `)
+}
+
+// Descriptors the master needs: per worker its channel and its process
+// descriptor, plus its own (listeners, event loops, admin server, the
+// connections it holds for a moment).
+const (
+	fdsPerWorker = 2
+	fdsReserved  = 32
+)
+
+// checkDescriptors refuses a pool the descriptor limit cannot hold: the
+// master would fork workers until it runs out and then fail to start the
+// rest, over and over.
+func checkDescriptors(workers int) error {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return nil // nothing to check against
+	}
+	if need := uint64(workers*fdsPerWorker + fdsReserved); need > rl.Cur {
+		return usageError{fmt.Sprintf("--workers %d needs at least %d file descriptors (%d per worker and %d for the master); the limit (ulimit -n) is %d",
+			workers, need, fdsPerWorker, fdsReserved, rl.Cur)}
+	}
+	return nil
+}
+
+// checkAdminAddr: "" (disabled) or host:port with a numeric port.
+func checkAdminAddr(a string) error {
+	if a == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err == nil {
+		var n int
+		n, err = strconv.Atoi(port)
+		if err == nil && (n < 0 || n > 65535) {
+			err = fmt.Errorf("port %d out of range", n)
+		}
+		if err == nil && host != "" && net.ParseIP(host) == nil && strings.ContainsAny(host, " /?#@") {
+			err = fmt.Errorf("bad host %q", host)
+		}
+	}
+	if err != nil {
+		return usageError{fmt.Sprintf("--admin-addr %q: want host:port, :port or \"\" (disabled): %v", a, err)}
+	}
+	return nil
 }

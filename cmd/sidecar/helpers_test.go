@@ -36,6 +36,8 @@ func TestMain(m *testing.M) {
 		os.Exit(lateWorker())
 	case "worker-leaver":
 		os.Exit(leaverWorker())
+	case "worker-elsewhere":
+		os.Exit(elsewhereWorker())
 	}
 	os.Exit(m.Run())
 }

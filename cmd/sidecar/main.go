@@ -111,7 +111,7 @@ func newApp(cfg *config) (*app, error) {
 		}}
 		checks, err := upstreamChecks(cfg)
 		if err == nil {
-			m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, cfg.minReady, gatherer, m.metrics, sup, checks...)
+			m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, cfg.minReady, gatherer, m.metrics, sup, m.acc, checks...)
 		}
 		if err != nil {
 			m.acc.Close()
@@ -231,7 +231,7 @@ func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {
 	}
 	return workers.Config{
 		Workers: cfg.workers, Command: command, Env: env,
-		StartTimeout: cfg.startTimeout, DisconnectTimeout: cfg.drainTimeout, KillTimeout: cfg.killTimeout,
+		StartTimeout: cfg.startTimeout, HandoffTimeout: cfg.handoff, DisconnectTimeout: cfg.drainTimeout, KillTimeout: cfg.killTimeout,
 	}
 }
 

@@ -29,7 +29,10 @@ func TestBadInput(t *testing.T) {
 		want string
 	}{
 		{"unknown flag", []string{"--bogus"}, 2, "flag provided but not defined: -bogus"},
-		{"zero workers", []string{"--workers", "0"}, 2, "--workers must be at least 1, got 0"},
+		{"zero workers", []string{"--workers", "0"}, 2, "--workers must be between 1 and 1024, got 0"},
+		{"too many workers", []string{"--workers", "100000"}, 2, "--workers must be between 1 and 1024, got 100000"},
+		{"bad admin address", []string{"--admin-addr", "garbage"}, 2, `--admin-addr "garbage": want host:port`},
+		{"negative handoff timeout", []string{"--handoff-timeout", "-1s"}, 2, "--handoff-timeout must not be negative"},
 		{"bad listen", []string{"--listen", "127.0.0.1:99999"}, 2, `--listen: listen address "127.0.0.1:99999": port "99999" is not a number in 0-65535`},
 		{"bad listen host", []string{"--listen", "nohost:80"}, 2, `host "nohost" is not an IP address`},
 		{"port in use", []string{"--listen", busy.Addr().String()}, 1, "address already in use"},

@@ -230,6 +230,9 @@ func (a *Acceptor) Query(t Target, q *ipc.Message) Reply {
 		if err == nil {
 			l, err = a.bind(s, v6only, "", false) // named by its real address
 		}
+		if err == nil {
+			a.warnUnservedLocked(t, l)
+		}
 		if err == nil && s.Network == "unix" {
 			if err = chmodSocket(s.Address, q.ReadableAll, q.WritableAll); err != nil {
 				l.close()
@@ -345,6 +348,48 @@ func (a *Acceptor) matchPreboundLocked(q *ipc.Message) *Listener {
 		}
 	}
 	return nil
+}
+
+// warnUnservedLocked says, when a worker asks for an address no --listen
+// names (bound for it, as Node's primary would), which --listen listeners
+// no worker serves yet: clients of those would wait for nothing.
+func (a *Acceptor) warnUnservedLocked(t Target, asked *Listener) {
+	var unserved []string
+	for _, l := range a.listeners {
+		if l.prebound && !l.hasWorkers() {
+			unserved = append(unserved, l.describe())
+		}
+	}
+	if len(unserved) == 0 {
+		return
+	}
+	logger := klog.Background()
+	if a.ctx != nil {
+		logger = klog.FromContext(a.ctx)
+	}
+	logger.Error(nil, "A worker listens on an address no --listen names; no worker listens on these --listen listeners yet",
+		"worker", t.ID(), "asked", asked.describe(), "unserved", unserved)
+}
+
+// Unserved lists the --listen listeners no worker listens on: a check for
+// readiness (a worker that listens elsewhere leaves them a black hole).
+func (a *Acceptor) Unserved() []string {
+	var out []string
+	for _, l := range a.Listeners() {
+		if l.prebound && !l.hasWorkers() {
+			out = append(out, l.describe())
+		}
+	}
+	return out
+}
+
+// describe is the listener's name, and its address where that says more
+// (--listen 127.0.0.1:0 is bound to some port).
+func (l *Listener) describe() string {
+	if a := l.Addr().String(); a != l.name {
+		return l.name + " (" + a + ")"
+	}
+	return l.name
 }
 
 // CloseKey handles a worker's close: it no longer serves key.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // ErrClosed is returned when sources are added to, or Run is called on, an
@@ -140,9 +141,13 @@ func (e *Engine) dispatch(events []unix.EpollEvent) (woken bool) {
 	return woken
 }
 
-// Close stops Run (waiting for it to return) and closes the engine's
-// descriptors; sources are forgotten, their descriptors stay their owners'.
-// It must not be called from a callback.
+// closeWait bounds how long Close waits for Run to return: a callback
+// that never returns must not keep the master from exiting.
+var closeWait = 10 * time.Second
+
+// Close stops Run (waiting for it to return, at most closeWait) and closes
+// the engine's descriptors; sources are forgotten, their descriptors stay
+// their owners'. It must not be called from a callback.
 func (e *Engine) Close() {
 	e.mu.Lock()
 	if e.closed {
@@ -154,7 +159,15 @@ func (e *Engine) Close() {
 	e.wakeLocked()
 	e.mu.Unlock()
 	if running {
-		<-e.done
+		t := time.NewTimer(closeWait)
+		defer t.Stop()
+		select {
+		case <-e.done:
+		case <-t.C:
+			buf := make([]byte, 1<<16)
+			klog.ErrorS(nil, "Event loop did not stop; closing it under a callback that does not return",
+				"waited", closeWait, "stacks", string(buf[:runtime.Stack(buf, true)]))
+		}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

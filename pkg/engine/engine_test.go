@@ -191,3 +191,43 @@ func TestToken(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseUnderAStuckCallback: a callback that never returns does not keep
+// Close from returning (the master must exit on SIGTERM whatever a worker
+// channel's callback does); Close gives up on it after closeWait.
+func TestCloseUnderAStuckCallback(t *testing.T) {
+	defer func(d time.Duration) { closeWait = d }(closeWait)
+	closeWait = 100 * time.Millisecond
+	e, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	go e.Run(context.Background())
+	r, w := pipe(t)
+	s, err := e.Watch(r, unix.EPOLLIN, func(uint32) bool {
+		close(stuck)
+		<-release // a callback that never returns (until the test ends)
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Arm(); err != nil {
+		t.Fatal(err)
+	}
+	unix.Write(w, []byte("x"))
+	select {
+	case <-stuck:
+	case <-time.After(wait):
+		t.Fatal("the callback did not run")
+	}
+	closed := make(chan struct{})
+	go func() { e.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(wait):
+		t.Fatal("Close waited for the stuck callback")
+	}
+}

@@ -19,6 +19,11 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 		m.FD = -1
 	}
 	if m.IsUser() {
+		if isDrainableNotice(m.Raw) { // a Node app's opt-in (see tellDraining)
+			w.drainable, w.userDrain = true, true
+			s.tellDraining(w)
+			return
+		}
 		w.logger.V(2).Info("Message from worker", "message", truncate(m.Raw, 512))
 		return
 	}
@@ -341,4 +346,14 @@ func truncate(b []byte, n int) string {
 		return string(b)
 	}
 	return string(b[:n]) + "…"
+}
+
+// isDrainableNotice reports whether a user message is a Node app's
+// process.send({sidecar: "drainable"}): tell me (process.on("message"))
+// when draining begins.
+func isDrainableNotice(raw []byte) bool {
+	var m struct {
+		Sidecar string `json:"sidecar"`
+	}
+	return len(raw) < 64 && json.Unmarshal(raw, &m) == nil && m.Sidecar == "drainable"
 }

@@ -119,6 +119,8 @@ type Supervisor struct {
 	shutdown   bool
 	noRespawn  bool // draining: exits are not replaced
 	draining   bool // BeginDrain was called: drainable workers are told
+	startErrAt time.Time
+	startErrs  int // "Cannot start worker" lines left out since startErrAt
 	giveUp     error
 }
 
@@ -332,14 +334,21 @@ func (s *Supervisor) handle(ev any) {
 	}
 }
 
-// tellDraining sends ipc.ActDrain to w once, if it asked for it and the
-// master is draining.
+// tellDraining tells w once that the master is draining, if it asked:
+// ipc.ActDrain to SDK workers; to a Node app that sent the user message
+// {"sidecar":"drainable"}, the user message {"sidecar":"drain"}.
 func (s *Supervisor) tellDraining(w *Worker) {
 	if !s.draining || !w.drainable || w.drained || w.state >= Disconnecting {
 		return
 	}
 	w.drained = true
-	if err := w.ch.SendCluster([]byte(`{"act":"`+ipc.ActDrain+`"}`), -1, nil); err != nil {
+	var err error
+	if w.userDrain {
+		err = w.ch.SendUser(map[string]string{"sidecar": "drain"})
+	} else {
+		err = w.ch.SendCluster([]byte(`{"act":"`+ipc.ActDrain+`"}`), -1, nil)
+	}
+	if err != nil {
 		w.logger.V(2).Info("Cannot tell the worker the master is draining", "err", err)
 	}
 }
@@ -387,7 +396,14 @@ func (s *Supervisor) spawn(i int) {
 	logger := klog.LoggerWithValues(s.logger, "worker", id, "slot", i)
 	w, err := s.start(id, i, logger)
 	if err != nil {
-		logger.Error(err, "Cannot start worker")
+		// out of descriptors or processes, every slot fails at once:
+		// a line a second says so
+		if now := time.Now(); now.Sub(s.startErrAt) >= time.Second {
+			logger.Error(err, "Cannot start worker", "suppressed", s.startErrs)
+			s.startErrAt, s.startErrs = now, 0
+		} else {
+			s.startErrs++
+		}
 		s.afterAccidentalExit(i, time.Time{}, fmt.Errorf("cannot start: %w", err))
 		return
 	}

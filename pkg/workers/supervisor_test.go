@@ -371,3 +371,18 @@ func TestDescribeNamesTheSignal(t *testing.T) {
 		}
 	}
 }
+
+func TestIsDrainableNotice(t *testing.T) {
+	for raw, want := range map[string]bool{
+		`{"sidecar":"drainable"}`:       true,
+		`{"sidecar":"drainable","x":1}`: true,
+		`{"sidecar":"drain"}`:           false,
+		`{"cmd":"x"}`:                   false,
+		`"drainable"`:                   false,
+		`{"sidecar":` + strings.Repeat(" ", 64) + `"drainable"}`: false, // (a notice is short)
+	} {
+		if got := isDrainableNotice([]byte(raw)); got != want {
+			t.Errorf("%s: %v, want %v", raw, got, want)
+		}
+	}
+}

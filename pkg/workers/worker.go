@@ -64,9 +64,10 @@ type Worker struct {
 	// metrics: the worker announced that it serves its own metrics.
 	metrics bool
 	// drainable: the worker announced it wants to hear when draining
-	// begins; drained: it has been told.
-	drainable, drained bool
-	timers             []*time.Timer
+	// begins (userDrain: as a user message, a Node app's opt-in); drained:
+	// it has been told.
+	drainable, userDrain, drained bool
+	timers                        []*time.Timer
 }
 
 // ID is the worker's id: 1, 2, 3 … never reused.

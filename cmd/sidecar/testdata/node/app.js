@@ -10,6 +10,7 @@
 //   unix:PATH  listen(PATH)
 //   unixall:PATH  listen({ path: PATH, readableAll: true, writableAll: true })
 // APP_MAXCONN_WORKER=N[,M…] sets maxConnections = 1 on those workers' servers.
+// APP_DRAINABLE=1 asks the master to say when it drains (see below).
 // APP_LINGER=1 keeps a timer running, so the event loop never empties on
 // its own (a database pool or a metrics timer in a real app).
 // What it does per request is chosen by the path (see handle below). It
@@ -65,7 +66,16 @@ function sendMany(n, done) {
   }
 }
 
+// APP_DRAINABLE=1: the opt-in of sidecar's README (the master says when
+// it drains; every response from then on closes its connection).
+let draining = false;
+if (process.env.APP_DRAINABLE === '1') {
+  process.on('message', (m) => { if (m && m.sidecar === 'drain') draining = true; });
+  process.send({ sidecar: 'drainable' });
+}
+
 function handle(req, res) {
+  if (draining) res.setHeader('Connection', 'close');
   const url = new URL(req.url, 'http://app');
   switch (url.pathname) {
     case '/slow': // the answer's headers at once, its body after ms
