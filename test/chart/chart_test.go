@@ -350,6 +350,9 @@ func TestModes(t *testing.T) {
 		if n < 3 || strings.Join(c.Args[n-3:], " ") != "-- node server.js" || !hasArg(c, "--workers=4") {
 			t.Errorf("args %q, want --workers=4 (3500m) and -- node server.js", c.Args)
 		}
+		if m := c.VolumeMounts; len(m) != 1 || m[0].MountPath != "/tmp" || len(o.deployment.Spec.Template.Spec.Volumes) != 1 {
+			t.Errorf("the app's /tmp: mounts %+v", m)
+		}
 		if o.pdb == nil || o.hpa == nil || o.deployment.Spec.Replicas != nil {
 			t.Errorf("pdb %v, hpa %v, replicas %v (the HPA owns them)", o.pdb != nil, o.hpa != nil, o.deployment.Spec.Replicas)
 		}

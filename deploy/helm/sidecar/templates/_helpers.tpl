@@ -182,4 +182,9 @@ on the admin port.
   resources:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- if and .Values.tmpDir (eq .Values.sidecar.mode "entrypoint") .Values.sidecar.command }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+  {{- end }}
 {{- end }}
