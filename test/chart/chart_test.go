@@ -12,7 +12,6 @@ package chart_test
 
 import (
 	"bytes"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -27,6 +26,8 @@ import (
 	psa "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
 	"sigs.k8s.io/yaml"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // chartDir is the chart, from this package's directory.
@@ -50,26 +51,10 @@ func name(values string) string {
 	return strings.TrimSuffix(filepath.Base(values), "-values.yaml")
 }
 
-// helmPath finds helm on PATH or in GOPATH/bin.
-func helmPath(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("helm"); err == nil {
-		return p
-	}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		p := filepath.Join(strings.TrimSpace(string(out)), "bin", "helm")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Fatal("helm is needed: go install helm.sh/helm/v3/cmd/helm@v3.22.0 (.ci/run does it)")
-	return ""
-}
-
 // helm runs helm with args; it returns its output and error.
 func helm(t *testing.T, args ...string) ([]byte, error) {
 	t.Helper()
-	cmd := exec.Command(helmPath(t), args...)
+	cmd := exec.Command(testkit.Helm(t), args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -274,6 +259,7 @@ func TestValuesThatMustFail(t *testing.T) {
 		{[]string{"terminationGracePeriodSeconds=20"}, "terminationGracePeriodSeconds 20 is shorter than the drain it must cover"},
 		{[]string{"sidecar.drainTimeoutSeconds=120", "terminationGracePeriodSeconds=60"}, "the kubelet would SIGKILL a draining pod"},
 		{[]string{"sidecar.mode=sidecar"}, "app.image.repository must name the app's image"},
+		{[]string{"sidecar.mode=sidecar", "app.image.repository=x", "app.preStopSleepSeconds=50"}, "app.preStopSleepSeconds 50 is not shorter than terminationGracePeriodSeconds 50"},
 		{[]string{"sidecar.mode=sidecar", "app.image.repository=x", "sidecar.command={node}"}, "sidecar.command is for entrypoint mode"},
 	} {
 		t.Run(strings.Join(tc.set, ","), func(t *testing.T) {
@@ -373,6 +359,11 @@ func TestModes(t *testing.T) {
 		}
 		if app.Image != "registry.example.com/shop/api:2.0.1" || len(app.Env) == 0 || app.Env[0].Value != "3000" {
 			t.Errorf("app %+v", app)
+		}
+		// the app outlives the sidecar's drain: its SIGTERM waits for a
+		// preStop sleep of the shutdown delay and 5 s
+		if l := app.Lifecycle; l == nil || l.PreStop == nil || l.PreStop.Sleep == nil || l.PreStop.Sleep.Seconds != 5+5 {
+			t.Errorf("app lifecycle %+v", app.Lifecycle)
 		}
 	})
 	t.Run("native sidecar: an init container that always restarts", func(t *testing.T) {

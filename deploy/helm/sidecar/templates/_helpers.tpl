@@ -188,3 +188,15 @@ on the admin port.
       mountPath: /tmp
   {{- end }}
 {{- end }}
+
+{{/*
+The app's preStop sleep in sidecar mode: app.preStopSleepSeconds, else the
+shutdown delay plus 5 seconds for the requests in flight.
+*/}}
+{{- define "sidecar.appPreStopSleep" -}}
+{{- if kindIs "invalid" .Values.app.preStopSleepSeconds }}
+{{- add .Values.sidecar.shutdownDelaySeconds 5 }}
+{{- else }}
+{{- .Values.app.preStopSleepSeconds }}
+{{- end }}
+{{- end }}
