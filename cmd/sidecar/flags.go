@@ -7,15 +7,16 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"k8s.io/klog/v2"
 
 	"github.com/sidecar-project/sidecar/pkg/acceptor"
+	cfgfile "github.com/sidecar-project/sidecar/pkg/config"
 	"github.com/sidecar-project/sidecar/pkg/proxy"
 )
 
@@ -37,6 +38,12 @@ type config struct {
 	proxy        *proxy.Config // --upstream: built-in proxy workers; nil: none
 	// upstreamReadyPath is what the upstream readiness check GETs ("": it dials).
 	upstreamReadyPath string
+	verbosity         int               // -v
+	env               map[string]string // the config file's: added to the workers' environment
+	configPath        string            // --config
+	check             bool              // --check: validate and exit
+	file              *cfgfile.File     // what --config held
+	pinned            []string          // keys of the file set by a flag or variable instead
 }
 
 // listFlag is a repeatable flag whose default is replaced by the first Set.
@@ -69,10 +76,19 @@ type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
 
-// parseConfig reads args (without the program name) and the environment.
+// parseConfig reads args (without the program name), the environment and
+// the --config file, in that order of precedence.
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
+	return buildConfig(args, getenv, stderr, nil)
+}
+
+// buildConfig is parseConfig with the --config file already read (a
+// reload), or, with file nil, read from the path --config names.
+func buildConfig(args []string, getenv func(string) string, stderr io.Writer, file *cfgfile.File) (*config, error) {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "`FILE`: a YAML file of settings (the flags' names in camelCase: workers, drainTimeout, command, env, …); watched and reloaded while running. Precedence: command line > environment > file > default")
+	check := fs.Bool("check", false, "with --config: check the file and the settings, print what they give, and exit 0 (valid) or 2, starting nothing")
 	listen := &listFlag{values: []string{":8080"}}
 	fs.Var(listen, "listen", "address to accept on, repeatable: `ADDR` is :8080, 127.0.0.1:0, [::1]:8080, unix:/path or fd:N")
 	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "`N` worker processes; the default is GOMAXPROCS, which follows the container's CPU limit")
@@ -87,9 +103,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of --workers")
 	shutdownDelay := fs.Duration("shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing (so endpoints drop the pod) before draining")
 	proxyFlags := addProxyFlags(fs)
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	fs.Var(klogFlags.Lookup("v").Value, "v", "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
+	verbosity := fs.Int("v", 0, "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
 	fs.Usage = func() { usage(fs, stderr) }
 
 	if err := fs.Parse(args); err != nil {
@@ -101,19 +115,102 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	if err := applyEnv(fs, getenv); err != nil {
 		return nil, err
 	}
-	c := &config{
-		workers: *workers, schedule: *schedule, startTimeout: *startTimeout, handoff: *handoff,
-		drainTimeout: *drainTimeout, killTimeout: *killTimeout, queueSize: *queueSize,
-		adminAddr: *adminAddr, enablePprof: *enablePprof, minReady: *minReady, shutdown: *shutdownDelay,
-		command: fs.Args(),
+	c := &config{command: fs.Args(), configPath: *configPath, check: *check}
+	fromFile := map[string]cfgfile.Value{} // flag → the file's value that set it
+	if c.configPath != "" {
+		if file == nil {
+			var err error
+			if file, err = cfgfile.Load(c.configPath); err != nil {
+				return nil, usageError{err.Error()}
+			}
+		}
+		if err := c.applyFile(fs, file, fromFile); err != nil {
+			return nil, err
+		}
+	} else if c.check {
+		return nil, usageError{"--check needs --config FILE"}
 	}
-	if err := proxyFlags.apply(c); err != nil {
-		return nil, err
+	c.workers, c.schedule, c.startTimeout, c.handoff = *workers, *schedule, *startTimeout, *handoff
+	c.drainTimeout, c.killTimeout, c.queueSize = *drainTimeout, *killTimeout, *queueSize
+	c.adminAddr, c.enablePprof, c.minReady, c.shutdown = *adminAddr, *enablePprof, *minReady, *shutdownDelay
+	c.verbosity = *verbosity
+	err := proxyFlags.apply(c)
+	if err == nil {
+		if c.schedule == "" {
+			c.schedule = scheduleFromNode(getenv("NODE_CLUSTER_SCHED_POLICY"))
+		}
+		err = c.validate(listen.values)
 	}
-	if c.schedule == "" {
-		c.schedule = scheduleFromNode(getenv("NODE_CLUSTER_SCHED_POLICY"))
+	if err != nil {
+		return nil, fileError(err, file, fromFile)
 	}
-	return c, c.validate(listen.values)
+	return c, nil
+}
+
+// applyFile sets, from the config file, every flag the command line and
+// the environment left alone (the others are pinned: noted in c.pinned),
+// and takes the file's command (unless one follows "--") and env.
+func (c *config) applyFile(fs *flag.FlagSet, f *cfgfile.File, fromFile map[string]cfgfile.Value) error {
+	c.file = f
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	for _, v := range f.Values {
+		switch {
+		case v.Key == "command" && len(c.command) > 0:
+			c.pinned = append(c.pinned, v.Key)
+		case v.Key == "command":
+			c.command = v.List
+			fromFile["command"] = v
+		case v.Key == "env":
+			c.env = v.Map
+		case given[v.Flag]:
+			c.pinned = append(c.pinned, v.Key)
+		default:
+			text := v.Text
+			if v.Kind == cfgfile.List {
+				text = strings.Join(v.List, ",")
+			}
+			if err := fs.Set(v.Flag, text); err != nil {
+				msg := fmt.Sprintf("invalid value %q: %v", text, err)
+				if g, ok := fs.Lookup(v.Flag).Value.(flag.Getter); ok {
+					switch g.Get().(type) {
+					case time.Duration:
+						msg = fmt.Sprintf("invalid value %q: want a duration such as 30s, 1m or 500ms", text)
+					case int:
+						msg = fmt.Sprintf("invalid value %q: want a whole number", text)
+					case bool:
+						msg = fmt.Sprintf("invalid value %q: want true or false", text)
+					}
+				}
+				return usageError{(&cfgfile.Error{Path: f.Path, Line: v.Line, Key: v.Key, Msg: msg}).Error()}
+			}
+			fromFile[v.Flag] = v
+		}
+	}
+	return nil
+}
+
+var flagInMessage = regexp.MustCompile(`^--([a-z-]+)\b:? ?`)
+
+// fileError names the file, line and key of a bad value that came from
+// the config file ("--workers must be…" becomes "config.yaml:3: workers:
+// must be…").
+func fileError(err error, f *cfgfile.File, fromFile map[string]cfgfile.Value) error {
+	var ue usageError
+	if f == nil || !errors.As(err, &ue) {
+		return err
+	}
+	name, rest := "", ue.msg
+	if m := flagInMessage.FindStringSubmatch(ue.msg); m != nil {
+		name, rest = m[1], ue.msg[len(m[0]):]
+	} else if strings.HasPrefix(ue.msg, "worker command ") {
+		name = "command"
+	}
+	v, ok := fromFile[name]
+	if !ok {
+		return err
+	}
+	return usageError{(&cfgfile.Error{Path: f.Path, Line: v.Line, Key: v.Key, Msg: rest}).Error()}
 }
 
 // applyEnv sets every flag not given on the command line from its

@@ -9,10 +9,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -52,6 +55,15 @@ func runMaster(args []string) int {
 	if errors.As(err, &ue) {
 		fmt.Fprintf(os.Stderr, "sidecar: %s\n", ue.msg)
 		return 2
+	}
+	setLogVerbosity(cfg.verbosity)
+	if cfg.check {
+		fmt.Fprintf(os.Stdout, "%s: valid (%d settings; workers %d, schedule %s, worker %s)\n",
+			cfg.configPath, len(cfg.file.Values), cfg.workers, cfg.schedule, workerText(cfg))
+		return 0
+	}
+	if len(cfg.pinned) > 0 {
+		klog.InfoS("Config file settings left out: a flag or variable sets them", "file", cfg.configPath, "keys", cfg.pinned)
 	}
 	m, err := newApp(cfg)
 	if err != nil {
@@ -204,8 +216,23 @@ func (m *app) drain(ctx context.Context) {
 	m.sup.Shutdown(max(time.Until(deadline), 0))
 }
 
+// klogFlags sets klog's own flags (its verbosity).
+var klogFlags = sync.OnceValue(func() *flag.FlagSet {
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	return fs
+})
+
+// setLogVerbosity sets the log verbosity (-v).
+func setLogVerbosity(v int) {
+	_ = klogFlags().Set("v", strconv.Itoa(v))
+}
+
 func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {
 	env := os.Environ()
+	for _, k := range slices.Sorted(maps.Keys(cfg.env)) {
+		env = append(env, k+"="+cfg.env[k])
+	}
 	var addrs []string
 	for _, l := range acc.Listeners() {
 		addrs = append(addrs, l.WorkerAddress())
