@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-
 	"github.com/sidecar-project/sidecar/pkg/acceptor"
 	cfgfile "github.com/sidecar-project/sidecar/pkg/config"
 	"github.com/sidecar-project/sidecar/pkg/proxy"
