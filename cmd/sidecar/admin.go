@@ -32,10 +32,10 @@ type admin struct {
 // probeTimeout bounds how long a probe waits for the supervisor's loop.
 const probeTimeout = 2 * time.Second
 
-// newAdmin binds addr and builds the handlers. minReady is how many workers
-// must listen for /readyz to pass; extra are further readiness checks (the
+// newAdmin binds addr and builds the handlers. minReady says how many
+// workers must listen for /readyz to pass (0: all those wanted); extra are further readiness checks (the
 // upstream's, in sidecar mode).
-func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gatherer, m *metrics.Metrics, sup *workers.Supervisor, acc *acceptor.Acceptor, extra ...health.Check) (*admin, error) {
+func newAdmin(addr string, pprofOn bool, minReady func() int, gatherer prometheus.Gatherer, m *metrics.Metrics, sup *workers.Supervisor, acc *acceptor.Acceptor, extra ...health.Check) (*admin, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin server: %w", err)
@@ -53,7 +53,7 @@ func newAdmin(addr string, pprofOn bool, minReady int, gatherer prometheus.Gathe
 		return err
 	}))
 	checks := append([]health.Check{
-		health.NamedCheck("workers", func(r *http.Request) error { return a.workersReady(r.Context(), sup, minReady) }),
+		health.NamedCheck("workers", func(r *http.Request) error { return a.workersReady(r.Context(), sup, minReady()) }),
 		health.NamedCheck("draining", func(*http.Request) error {
 			if a.draining.Load() {
 				return errors.New("the master is draining")
@@ -101,9 +101,13 @@ func (a *admin) workersReady(ctx context.Context, sup *workers.Supervisor, minRe
 			n++
 		}
 	}
-	// workers that left on purpose are not wanted back: the bar lowers
-	// with them
-	if need := min(minReady, pool.Wanted); n < need {
+	// 0: all of them; workers that left on purpose are not wanted back:
+	// the bar lowers with them
+	need := pool.Wanted
+	if minReady > 0 {
+		need = min(minReady, pool.Wanted)
+	}
+	if n < need {
 		return fmt.Errorf("%d of %d required workers listening", n, need)
 	}
 	return nil

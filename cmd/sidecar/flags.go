@@ -99,7 +99,7 @@ func buildConfig(args []string, getenv func(string) string, stderr io.Writer, fi
 	queueSize := fs.Int("queue-size", 1024, "connections held per listener while every worker is busy; accepting pauses beyond it")
 	adminAddr := fs.String("admin-addr", ":9901", "`ADDR` of the admin server (/metrics, /livez, /readyz, /healthz); \"\" disables it")
 	enablePprof := fs.Bool("enable-pprof", false, "serve /debug/pprof/ on the admin server")
-	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of --workers")
+	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of them (it follows --workers as the pool grows and shrinks)")
 	shutdownDelay := fs.Duration("shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing (so endpoints drop the pod) before draining")
 	proxyFlags := addProxyFlags(fs)
 	verbosity := fs.Int("v", 0, "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
@@ -267,9 +267,6 @@ func (c *config) validate(listen []string) error {
 	}
 	if c.minReady < 0 || c.minReady > c.workers {
 		return usageError{fmt.Sprintf("--min-ready must be between 0 and --workers (%d), got %d", c.workers, c.minReady)}
-	}
-	if c.minReady == 0 {
-		c.minReady = c.workers
 	}
 	if c.shutdown < 0 {
 		return usageError{fmt.Sprintf("--shutdown-delay must not be negative, got %v", c.shutdown)}

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,8 +25,10 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sidecar-project/sidecar/pkg/acceptor"
+	cfgfile "github.com/sidecar-project/sidecar/pkg/config"
 	"github.com/sidecar-project/sidecar/pkg/hello"
 	"github.com/sidecar-project/sidecar/pkg/metrics"
+	"github.com/sidecar-project/sidecar/pkg/proxy"
 	"github.com/sidecar-project/sidecar/pkg/workers"
 )
 
@@ -65,7 +68,7 @@ func runMaster(args []string) int {
 	if len(cfg.pinned) > 0 {
 		klog.InfoS("Config file settings left out: a flag or variable sets them", "file", cfg.configPath, "keys", cfg.pinned)
 	}
-	m, err := newApp(cfg)
+	m, err := newApp(cfg, args, os.Getenv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sidecar: %v\n", err)
 		return 1
@@ -87,17 +90,31 @@ func runMaster(args []string) int {
 
 // app is the wiring of the components.
 type app struct {
-	cfg     *config
 	acc     *acceptor.Acceptor
 	sup     *workers.Supervisor
 	metrics *metrics.Metrics
 	admin   *admin // nil when disabled
+
+	args   []string // the command line, for reloads
+	getenv func(string) string
+
+	mu       sync.Mutex // reloads, one at a time
+	cfg      *config    // the running configuration
+	lastRaw  []byte     // the --config file it came from
+	minReady atomic.Int64
+	shutdown atomic.Int64 // --shutdown-delay, live
+	upstream atomic.Pointer[proxy.Readiness]
 }
 
 // newApp binds every listener (traffic, then admin) and builds the
 // components; nothing runs yet. On error nothing stays bound.
-func newApp(cfg *config) (*app, error) {
-	m := &app{cfg: cfg}
+func newApp(cfg *config, args []string, getenv func(string) string) (*app, error) {
+	m := &app{cfg: cfg, args: args, getenv: getenv}
+	m.minReady.Store(int64(cfg.minReady))
+	m.shutdown.Store(int64(cfg.shutdown))
+	if cfg.file != nil {
+		m.lastRaw = cfg.file.Raw
+	}
 	reg := prometheus.NewRegistry()
 	m.metrics = metrics.New(reg, version, cfg.workers, func() []workers.Info {
 		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
@@ -121,9 +138,10 @@ func newApp(cfg *config) (*app, error) {
 		gatherer := prometheus.Gatherers{reg, &metrics.WorkerGatherer{
 			Workers: sup.Workers, Timeout: workerMetricsTimeout, Reserved: metrics.Reserved(reg), // before Run: no worker is asked
 		}}
-		checks, err := upstreamChecks(cfg)
+		err := m.setUpstreamCheck(cfg)
 		if err == nil {
-			m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, cfg.minReady, gatherer, m.metrics, sup, m.acc, checks...)
+			m.admin, err = newAdmin(cfg.adminAddr, cfg.enablePprof, func() int { return int(m.minReady.Load()) },
+				gatherer, m.metrics, sup, m.acc, m.upstreamCheck())
 		}
 		if err != nil {
 			m.acc.Close()
@@ -154,6 +172,12 @@ func (m *app) run() error {
 	}, func(error) { cancel() })
 	sigCtx, stopSignals := context.WithCancel(ctx)
 	g.Add(func() error { return m.handleSignals(sigCtx) }, func(error) { stopSignals() })
+	if path := m.cfg.configPath; path != "" {
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		g.Add(func() error {
+			return cfgfile.Watch(watchCtx, path, func() { m.reload("the config file changed", false) })
+		}, func(error) { stopWatch() })
+	}
 	if m.admin != nil {
 		g.Add(m.admin.serve, func(error) { m.admin.close() })
 	}
@@ -163,10 +187,11 @@ func (m *app) run() error {
 }
 
 // handleSignals drains on the first SIGTERM/SIGINT and gives up at once on
-// the second. SIGHUP is logged and ignored (rolling restart is not built yet).
+// the second; SIGHUP reloads --config (if any) and rolls the workers;
+// SIGTTIN and SIGTTOU add and remove a worker.
 func (m *app) handleSignals(ctx context.Context) error {
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGTTIN, syscall.SIGTTOU)
 	defer signal.Stop(sigs)
 	draining := false
 	for {
@@ -174,8 +199,16 @@ func (m *app) handleSignals(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				klog.InfoS("Ignoring SIGHUP: rolling restart is not supported yet")
+			switch sig {
+			case syscall.SIGHUP:
+				if !draining {
+					go m.reload("SIGHUP", true)
+				}
+				continue
+			case syscall.SIGTTIN, syscall.SIGTTOU:
+				if !draining {
+					m.scaleBy(sig.(syscall.Signal))
+				}
 				continue
 			}
 			if draining {
@@ -188,7 +221,7 @@ func (m *app) handleSignals(ctx context.Context) error {
 			} else {
 				m.metrics.SetDraining(true)
 			}
-			klog.InfoS("Draining", "signal", sig.String(), "shutdownDelay", m.cfg.shutdown, "drainTimeout", m.cfg.drainTimeout)
+			klog.InfoS("Draining", "signal", sig.String(), "shutdownDelay", time.Duration(m.shutdown.Load()), "drainTimeout", m.drainTimeout())
 			go m.drain(ctx)
 		}
 	}
@@ -198,8 +231,8 @@ func (m *app) handleSignals(ctx context.Context) error {
 // stops accepting, waits until every accepted connection is with a worker
 // and disconnects the workers, within --drain-timeout.
 func (m *app) drain(ctx context.Context) {
-	if m.cfg.shutdown > 0 {
-		t := time.NewTimer(m.cfg.shutdown)
+	if delay := time.Duration(m.shutdown.Load()); delay > 0 {
+		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -207,7 +240,7 @@ func (m *app) drain(ctx context.Context) {
 			return
 		}
 	}
-	deadline := time.Now().Add(m.cfg.drainTimeout)
+	deadline := time.Now().Add(m.drainTimeout())
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if err := m.acc.Drain(dctx); err != nil {
@@ -293,4 +326,10 @@ func runBuiltin(kind string) int {
 		return 1
 	}
 	return 0
+}
+
+// workerSpec is what cfg's workers run (see workerConfig).
+func workerSpec(cfg *config, acc *acceptor.Acceptor) *workers.Spec {
+	wc := workerConfig(cfg, acc)
+	return &workers.Spec{Command: wc.Command, Env: wc.Env}
 }

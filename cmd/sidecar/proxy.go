@@ -89,17 +89,31 @@ func (f *proxyFlags) apply(c *config) error {
 	return nil
 }
 
-// upstreamChecks are the master's readiness checks of the upstream: with
-// --upstream, "upstream" (a GET of --upstream-ready-path, or a dial).
-func upstreamChecks(cfg *config) ([]health.Check, error) {
+// setUpstreamCheck makes the "upstream" readiness check follow cfg: a GET
+// of --upstream-ready-path, or a dial, with --upstream; nothing to check
+// without.
+func (m *app) setUpstreamCheck(cfg *config) error {
 	if cfg.proxy == nil {
-		return nil, nil
+		m.upstream.Store(nil)
+		return nil
 	}
 	rc, err := proxy.NewReadiness(cfg.proxy.Upstream, cfg.upstreamReadyPath, 0)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return []health.Check{health.NamedCheck("upstream", func(r *http.Request) error { return rc.Check(r.Context()) })}, nil
+	m.upstream.Store(rc)
+	return nil
+}
+
+// upstreamCheck is the readiness check of the upstream (passes when there
+// is none).
+func (m *app) upstreamCheck() health.Check {
+	return health.NamedCheck("upstream", func(r *http.Request) error {
+		if rc := m.upstream.Load(); rc != nil {
+			return rc.Check(r.Context())
+		}
+		return nil
+	})
 }
 
 // builtinKind is the built-in worker the master runs without a command.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -49,6 +50,8 @@ type Options struct {
 	QueueSize int
 	// Observer is told about accepts and dispatches; nil means nobody.
 	Observer Observer
+
+	queueLimit *atomic.Int64 // QueueSize, as SetQueueSize changes it (set by New)
 }
 
 // Acceptor is the set of listeners and their dispatchers.
@@ -71,7 +74,17 @@ func New(opts Options) *Acceptor {
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}
 	}
+	opts.queueLimit = new(atomic.Int64)
+	opts.queueLimit.Store(int64(opts.QueueSize))
 	return &Acceptor{opts: opts, byKey: make(map[string]*Listener)}
+}
+
+// SetQueueSize changes how many connections each listener holds while
+// every worker is busy, from the next connection on.
+func (a *Acceptor) SetQueueSize(n int) {
+	if n > 0 {
+		a.opts.queueLimit.Store(int64(n))
+	}
 }
 
 // Bind binds the --listen addresses, before any worker starts. On error

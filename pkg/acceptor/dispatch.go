@@ -148,7 +148,7 @@ func (l *Listener) enqueueLocked(c *conn, front bool) {
 // updatePausedLocked pauses accepting while QueueSize connections wait for
 // a worker (queued, or refused and waiting for a retry) and resumes below.
 func (l *Listener) updatePausedLocked() {
-	full := len(l.queue)+l.delayed >= l.opts.QueueSize
+	full := int64(len(l.queue)+l.delayed) >= l.opts.queueLimit.Load()
 	if l.paused != full {
 		l.paused = full
 		l.rearmLocked()

@@ -37,9 +37,15 @@ type Metrics struct {
 	readiness    atomic.Pointer[func() bool] // evaluated at scrape time
 	draining     prometheus.Gauge
 
-	stateGauges  [workers.Dead]prometheus.Gauge // by State, Dead excluded
-	slotDispatch []prometheus.Counter
-	listeners    sync.Map // listener name → *listenerCounters
+	stateGauges  [workers.Dead]prometheus.Gauge       // by State, Dead excluded
+	slotMu       sync.Mutex                           // writers of slotDispatch
+	slotDispatch atomic.Pointer[[]prometheus.Counter] // by slot; nil: not resolved
+	listeners    sync.Map                             // listener name → *listenerCounters
+
+	reloads        *prometheus.CounterVec
+	lastReloadOK   prometheus.Gauge
+	lastReloadTime prometheus.Gauge
+	rolls          *prometheus.CounterVec
 }
 
 type listenerCounters struct {
@@ -84,6 +90,18 @@ func New(reg prometheus.Registerer, version string, slots int, procs func() []wo
 		draining: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sidecar_draining", Help: "1 while the master drains after SIGTERM.",
 		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecar_config_reloads_total", Help: "Reloads of the --config file, by result (success, failure).",
+		}, []string{"result"}),
+		lastReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sidecar_config_last_reload_successful", Help: "1 if the last reload of the --config file succeeded (or none was tried).",
+		}),
+		lastReloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sidecar_config_last_reload_success_timestamp_seconds", Help: "When the configuration was last loaded successfully (at start, or a reload), in Unix seconds.",
+		}),
+		rolls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecar_rolling_restarts_total", Help: "Rolling restarts of the workers, by result (success, aborted).",
+		}, []string{"result"}),
 	}
 	m.ready = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sidecar_ready", Help: "1 when /readyz passes (evaluated at scrape time).",
@@ -100,11 +118,19 @@ func New(reg prometheus.Registerer, version string, slots int, procs func() []wo
 	for s := range workers.Dead {
 		m.stateGauges[s] = m.workers.WithLabelValues(s.String())
 	}
+	none := []prometheus.Counter{}
+	m.slotDispatch.Store(&none)
 	for i := range slots {
-		label := strconv.Itoa(i)
-		m.slotDispatch = append(m.slotDispatch, m.dispatched.WithLabelValues(label))
-		m.restarts.WithLabelValues(label)
+		m.addSlot(i)
 	}
+	for _, r := range []string{"success", "failure"} {
+		m.reloads.WithLabelValues(r)
+	}
+	for _, r := range []string{"success", "aborted"} {
+		m.rolls.WithLabelValues(r)
+	}
+	m.lastReloadOK.Set(1)
+	m.lastReloadTime.SetToCurrentTime()
 	for _, r := range []string{workers.ReasonCrash, workers.ReasonSignal, workers.ReasonVoluntary, workers.ReasonStartTimeout, workers.ReasonProtocolError, workers.ReasonHung} {
 		m.exits.WithLabelValues(r)
 	}
@@ -113,6 +139,7 @@ func New(reg prometheus.Registerer, version string, slots int, procs func() []wo
 	}
 	reg.MustRegister(m.workers, m.exits, m.restarts, m.accepted, m.dispatched, m.redispatched,
 		m.acceptErrors, m.queueLength, m.dispatchWait, m.ready, m.draining, build,
+		m.reloads, m.lastReloadOK, m.lastReloadTime, m.rolls,
 		newProcCollector(procs),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())
@@ -157,12 +184,57 @@ func (m *Metrics) AcceptError(listener string) { m.listener(listener).errors.Inc
 
 // Dispatched counts a connection the worker in slot accepted.
 func (m *Metrics) Dispatched(slot int, wait time.Duration) {
-	if slot >= 0 && slot < len(m.slotDispatch) {
-		m.slotDispatch[slot].Inc()
+	if s := *m.slotDispatch.Load(); slot >= 0 && slot < len(s) && s[slot] != nil {
+		s[slot].Inc()
 	} else {
 		m.dispatched.WithLabelValues(strconv.Itoa(slot)).Inc()
 	}
 	m.dispatchWait.Observe(wait.Seconds())
+}
+
+// addSlot resolves slot's series (a slot of the pool from now on).
+func (m *Metrics) addSlot(slot int) {
+	m.slotMu.Lock()
+	defer m.slotMu.Unlock()
+	old := *m.slotDispatch.Load()
+	if slot < len(old) && old[slot] != nil {
+		return
+	}
+	s := make([]prometheus.Counter, max(len(old), slot+1))
+	copy(s, old)
+	label := strconv.Itoa(slot)
+	s[slot] = m.dispatched.WithLabelValues(label)
+	m.restarts.WithLabelValues(label)
+	m.slotDispatch.Store(&s)
+}
+
+// SlotRemoved drops a slot's series: the pool shrank.
+func (m *Metrics) SlotRemoved(slot int) {
+	m.slotMu.Lock()
+	defer m.slotMu.Unlock()
+	old := *m.slotDispatch.Load()
+	if slot < len(old) {
+		s := append([]prometheus.Counter(nil), old...)
+		s[slot] = nil
+		m.slotDispatch.Store(&s)
+	}
+	label := strconv.Itoa(slot)
+	m.dispatched.DeleteLabelValues(label)
+	m.restarts.DeleteLabelValues(label)
+}
+
+// RollFinished counts a rolling restart by result.
+func (m *Metrics) RollFinished(result string) { m.rolls.WithLabelValues(result).Inc() }
+
+// ConfigReloaded records a reload of the --config file.
+func (m *Metrics) ConfigReloaded(ok bool) {
+	if ok {
+		m.reloads.WithLabelValues("success").Inc()
+		m.lastReloadTime.SetToCurrentTime()
+	} else {
+		m.reloads.WithLabelValues("failure").Inc()
+	}
+	m.lastReloadOK.Set(b2f(ok))
 }
 
 // Redispatched counts a connection moved to another worker.
@@ -174,9 +246,10 @@ func (m *Metrics) QueueLength(delta int) { m.queueLength.Add(float64(delta)) }
 // Supervisor observer (see workers.Observer).
 
 // StateChanged moves the workers-by-state gauges.
-func (m *Metrics) StateChanged(_ int, from, to workers.State) {
+func (m *Metrics) StateChanged(slot int, from, to workers.State) {
 	if from == to { // a new worker
 		m.stateGauges[workers.Forked].Inc()
+		m.addSlot(slot) // (a slot added to the pool)
 		return
 	}
 	if from < workers.Dead {

@@ -204,6 +204,9 @@ func (r *recorder) Exited(slot int, reason string) {
 
 func (r *recorder) Restarted(slot int) { r.add(event{kind: kindRestarted, slot: slot}) }
 
+func (r *recorder) SlotRemoved(int)     {}
+func (r *recorder) RollFinished(string) {}
+
 func (r *recorder) snapshot() []event {
 	r.mu.Lock()
 	defer r.mu.Unlock()

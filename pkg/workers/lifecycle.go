@@ -121,9 +121,14 @@ func (s *Supervisor) onListening(w *Worker, m *ipc.Message) {
 	}
 	if w.state < Listening {
 		w.listeningAt = time.Now()
-		s.slots[w.slot].startFails = 0
+		if sl := s.slotOf(w); sl != nil {
+			sl.startFails = 0
+		}
 		s.setState(w, Listening)
 		w.logger.Info("Worker listening", "address", addr, "port", m.Port, "startup", time.Since(w.forkedAt).Round(time.Millisecond))
+		if w.candidate {
+			s.rollSwap(w)
+		}
 		return
 	}
 	w.logger.V(2).Info("Worker listening on another server", "address", addr, "port", m.Port)
@@ -201,6 +206,9 @@ func (s *Supervisor) escalate(w *Worker, d time.Duration) {
 // loop is blocked): what they were handed goes to another worker when
 // their channel ends, and they are respawned.
 func (s *Supervisor) killHung(now time.Time) {
+	if s.cfg.HandoffTimeout <= 0 {
+		return
+	}
 	for _, w := range s.byPid {
 		if w.state >= Disconnecting || w.killReason != "" {
 			continue
@@ -221,6 +229,7 @@ func (s *Supervisor) beginShutdown(deadline time.Duration) {
 	if s.shutdown {
 		return
 	}
+	s.abortRoll("the master is shutting down")
 	s.shutdown = true
 	s.logger.Info("Shutting down workers", "workers", len(s.byPid), "deadline", deadline)
 	for _, sl := range s.slots {
@@ -257,10 +266,15 @@ func (s *Supervisor) onExit(ex Exit) {
 	uptime := time.Since(w.forkedAt)
 	w.logger.Info("Worker exited", "pid", w.pid, "status", describe(ex.Status), "reason", reason, "uptime", uptime.Round(time.Millisecond))
 	s.cfg.Observer.Exited(w.slot, reason)
-	sl := s.slots[w.slot]
-	if sl.worker == w {
-		sl.worker = nil
+	if w.candidate { // a roll's new worker, before it listened
+		s.rollFailed(w, fmt.Errorf("worker %d %s (%s)", w.id, describe(ex.Status), reason))
+		return
 	}
+	sl := s.slotOf(w)
+	if sl == nil { // rolled out, or its slot removed: nothing to replace
+		return
+	}
+	sl.worker = nil
 	switch {
 	case s.shutdown:
 	case s.noRespawn:

@@ -74,6 +74,10 @@ type Observer interface {
 	StateChanged(slot int, from, to State) // from == to == Forked: a new worker
 	Exited(slot int, reason string)
 	Restarted(slot int)
+	// SlotRemoved: the pool shrank; the slot's series go.
+	SlotRemoved(slot int)
+	// RollFinished: a rolling restart ended ("success" or "aborted").
+	RollFinished(result string)
 }
 
 type nopObserver struct{}
@@ -81,6 +85,8 @@ type nopObserver struct{}
 func (nopObserver) StateChanged(int, State, State) {}
 func (nopObserver) Exited(int, string)             {}
 func (nopObserver) Restarted(int)                  {}
+func (nopObserver) SlotRemoved(int)                {}
+func (nopObserver) RollFinished(string)            {}
 
 // Registry is the acceptor as the supervisor uses it.
 type Registry interface {
@@ -92,8 +98,17 @@ type Registry interface {
 	Attach(ch *ipc.Channel, h ipc.Handler, ended func(error)) error
 }
 
+// Spec is a worker program: what a slot's workers run.
+type Spec struct {
+	Command []string
+	// Env is the whole environment; the NODE_ channel variables and
+	// SIDECAR_WORKER_SLOT are added to it.
+	Env []string
+}
+
 // slot is one place in the pool.
 type slot struct {
+	spec         *Spec // what its workers run
 	worker       *Worker
 	failures     int // accidental exits in a row (backoff)
 	startFails   int // exits in a row before listening (give-up)
@@ -113,6 +128,9 @@ type Supervisor struct {
 
 	spawner    *spawner
 	slots      []*slot
+	spec       *Spec // the newest: new slots and rolls run it
+	roll       *roll // the rolling restart in progress, if any
+	hungTicker *time.Ticker
 	byPid      map[int]*Worker
 	nextID     int
 	serverData map[string]json.RawMessage // first data per server key (Node)
@@ -141,8 +159,9 @@ func New(cfg Config, reg Registry) (*Supervisor, error) {
 		byPid:      make(map[int]*Worker),
 		serverData: make(map[string]json.RawMessage),
 	}
+	s.spec = &Spec{Command: cfg.Command, Env: cfg.Env}
 	for range cfg.Workers {
-		s.slots = append(s.slots, &slot{})
+		s.slots = append(s.slots, &slot{spec: s.spec})
 	}
 	return s, nil
 }
@@ -261,19 +280,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 // loop supervises the pool until it is done: Run's result.
 func (s *Supervisor) loop(ctx context.Context, reaper *Reaper) error {
-	var hungCheck <-chan time.Time
-	if d := s.cfg.HandoffTimeout; d > 0 {
-		t := time.NewTicker(min(max(d/4, 10*time.Millisecond), time.Second))
-		defer t.Stop()
-		hungCheck = t.C
-	}
+	s.hungTicker = time.NewTicker(hungCheckPeriod(s.cfg.HandoffTimeout))
+	defer s.hungTicker.Stop()
 	for {
 		select {
 		case ev := <-s.events:
 			s.handle(ev)
 		case ex := <-reaper.Exits():
 			s.onExit(ex)
-		case now := <-hungCheck:
+		case now := <-s.hungTicker.C:
 			s.killHung(now)
 		case <-ctx.Done():
 			s.killAll(reaper)
@@ -310,6 +325,9 @@ func (s *Supervisor) handle(ev any) {
 			ev.f(ev.w)
 		}
 	case respawnEvent:
+		if ev.slot >= len(s.slots) { // (removed meanwhile)
+			return
+		}
 		sl := s.slots[ev.slot]
 		sl.respawnTimer = nil
 		if !s.shutdown && !s.noRespawn && sl.worker == nil {
@@ -318,7 +336,16 @@ func (s *Supervisor) handle(ev any) {
 		}
 	case shutdownEvent:
 		s.beginShutdown(ev.deadline)
+	case rollEvent:
+		s.startRoll(ev.spec, ev.why)
+	case scaleEvent:
+		s.scale(ev.n)
+	case settingsEvent:
+		s.cfg.StartTimeout, s.cfg.HandoffTimeout = ev.StartTimeout, ev.HandoffTimeout
+		s.cfg.DisconnectTimeout, s.cfg.KillTimeout = ev.DisconnectTimeout, ev.KillTimeout
+		s.resetHungCheck()
 	case drainEvent:
+		s.abortRoll("the master is draining")
 		s.noRespawn, s.draining = true, true
 		for _, sl := range s.slots {
 			if sl.respawnTimer != nil {
@@ -381,47 +408,67 @@ func (s *Supervisor) snapshot() []Info {
 			out = append(out, w.info())
 		}
 	}
-	for _, w := range s.byPid { // disconnecting workers no longer in a slot
-		if s.slots[w.slot].worker != w {
+	for _, w := range s.byPid { // workers not (or no longer) a slot's: leaving, or a roll's new one
+		if s.slotOf(w) == nil {
 			out = append(out, w.info())
 		}
 	}
 	return out
 }
 
-// spawn starts a worker in slot i.
+// slotOf is w's slot if w is that slot's worker, else nil (w was rolled
+// out, its slot removed, or it is a roll's new worker not yet listening).
+func (s *Supervisor) slotOf(w *Worker) *slot {
+	if w.slot < len(s.slots) && s.slots[w.slot].worker == w {
+		return s.slots[w.slot]
+	}
+	return nil
+}
+
+// spawn starts a worker in slot i, running the slot's spec.
 func (s *Supervisor) spawn(i int) {
+	w, err := s.fork(i, s.slots[i].spec)
+	if err != nil {
+		s.afterAccidentalExit(i, time.Time{}, fmt.Errorf("cannot start: %w", err))
+		return
+	}
+	s.slots[i].worker = w
+}
+
+// fork starts a worker for slot i running spec, with the next id, and
+// registers it; the caller makes it the slot's worker, or not yet (a
+// roll's new worker).
+func (s *Supervisor) fork(i int, spec *Spec) (*Worker, error) {
 	s.nextID++
 	id := s.nextID
 	logger := klog.LoggerWithValues(s.logger, "worker", id, "slot", i)
-	w, err := s.start(id, i, logger)
+	w, err := s.start(id, i, spec, logger)
 	if err != nil {
-		// out of descriptors or processes, every slot fails at once:
-		// a line a second says so
 		if now := time.Now(); now.Sub(s.startErrAt) >= time.Second {
+			// out of descriptors or processes, every slot fails at once:
+			// a line a second says so
 			logger.Error(err, "Cannot start worker", "suppressed", s.startErrs)
 			s.startErrAt, s.startErrs = now, 0
 		} else {
 			s.startErrs++
 		}
-		s.afterAccidentalExit(i, time.Time{}, fmt.Errorf("cannot start: %w", err))
-		return
+		return nil, err
 	}
-	s.slots[i].worker = w
 	s.byPid[w.pid] = w
 	s.cfg.Observer.StateChanged(i, Forked, Forked)
 	logger.Info("Worker forked", "pid", w.pid)
 	w.after(s.cfg.StartTimeout, func() { s.post(timerEvent{w, s.startTimedOut}) })
+	return w, nil
 }
 
-func (s *Supervisor) start(id, i int, logger klog.Logger) (*Worker, error) {
+func (s *Supervisor) start(id, i int, spec *Spec, logger klog.Logger) (*Worker, error) {
 	ch, child, err := ipc.SocketpairForLoop()
 	if err != nil {
 		return nil, err
 	}
 	defer child.Close()
-	cmd := exec.Command(s.cfg.Command[0], s.cfg.Command[1:]...)
-	cmd.Env = append(append([]string(nil), s.cfg.Env...),
+	cmd := exec.Command(spec.Command[0], spec.Command[1:]...)
+	cmd.Env = append(append([]string(nil), spec.Env...),
 		"NODE_UNIQUE_ID="+strconv.Itoa(id),
 		"NODE_CHANNEL_FD=3",
 		"NODE_CHANNEL_SERIALIZATION_MODE=json",

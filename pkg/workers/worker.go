@@ -67,7 +67,10 @@ type Worker struct {
 	// begins (userDrain: as a user message, a Node app's opt-in); drained:
 	// it has been told.
 	drainable, userDrain, drained bool
-	timers                        []*time.Timer
+	// candidate: a rolling restart's new worker, not its slot's worker
+	// until it listens.
+	candidate bool
+	timers    []*time.Timer
 }
 
 // ID is the worker's id: 1, 2, 3 … never reused.
