@@ -86,7 +86,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 func buildConfig(args []string, getenv func(string) string, stderr io.Writer, file *cfgfile.File) (*config, error) {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "`FILE`: a YAML file of settings (the flags' names in camelCase: workers, drainTimeout, command, env, …); watched and reloaded while running. Precedence: command line > environment > file > default")
+	configPath := fs.String("config", "", "a YAML `FILE` of settings (the flags' names in camelCase: workers, drainTimeout, command, env, …), watched and reloaded while running; a setting given by a flag or its environment variable is pinned: the file cannot change it. Precedence: command line > environment > file > default")
 	check := fs.Bool("check", false, "with --config: check the file and the settings, print what they give, and exit 0 (valid) or 2, starting nothing")
 	listen := &listFlag{values: []string{":8080"}}
 	fs.Var(listen, "listen", "address to accept on, repeatable: `ADDR` is :8080, 127.0.0.1:0, [::1]:8080, unix:/path or fd:N")
@@ -332,8 +332,11 @@ Examples:
   sidecar --listen 127.0.0.1:0 --schedule shared -- ./my-go-worker
   sidecar --upstream http://127.0.0.1:3000  # proxy workers in front of an app
   sidecar --upstream tcp://127.0.0.1:5432   # L4 pass-through (e.g. a database)
+  sidecar --config sidecar.yaml --check     # validate a config file (exit 0 or 2)
 
-Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits 1 at once).
+Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits 1 at once);
+SIGHUP re-reads --config and rolls the workers one at a time; SIGTTIN adds
+a worker, SIGTTOU removes one.
 `)
 }
 

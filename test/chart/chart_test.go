@@ -12,6 +12,8 @@ package chart_test
 
 import (
 	"bytes"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -28,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sidecar-project/sidecar/internal/testkit"
+	cfgfile "github.com/sidecar-project/sidecar/pkg/config"
 )
 
 // chartDir is the chart, from this package's directory.
@@ -103,6 +106,8 @@ func stripComments(d []byte) []byte {
 // objects are the rendered objects of one values file, decoded strictly.
 type objects struct {
 	deployment     *appsv1.Deployment
+	configMap      *corev1.ConfigMap
+	config         *cfgfile.File // the ConfigMap's config.yaml, parsed as sidecar does
 	service        *corev1.Service
 	serviceAccount *corev1.ServiceAccount
 	pdb            *policyv1.PodDisruptionBudget
@@ -154,6 +159,9 @@ func decode(t *testing.T, docs [][]byte) objects {
 		case "apps/v1 Deployment":
 			o.deployment = &appsv1.Deployment{}
 			into = o.deployment
+		case "v1 ConfigMap":
+			o.configMap = &corev1.ConfigMap{}
+			into = o.configMap
 		case "v1 Service":
 			o.service = &corev1.Service{}
 			into = o.service
@@ -183,10 +191,42 @@ func decode(t *testing.T, docs [][]byte) objects {
 		}
 		o.kinds = append(o.kinds, tm.Kind)
 	}
-	if o.deployment == nil || o.service == nil {
-		t.Fatalf("no Deployment or Service among %v", o.kinds)
+	if o.deployment == nil || o.service == nil || o.configMap == nil {
+		t.Fatalf("no Deployment, Service or ConfigMap among %v", o.kinds)
 	}
+	// the config file must be one sidecar accepts: parse it as sidecar
+	// does (unknown keys and bad values are errors)
+	raw, ok := o.configMap.Data["config.yaml"]
+	if !ok {
+		t.Fatalf("ConfigMap without config.yaml: %v", o.configMap.Data)
+	}
+	f, err := cfgfile.Parse("config.yaml", []byte(raw))
+	if err != nil {
+		t.Fatalf("sidecar rejects the rendered config file: %v\n%s", err, raw)
+	}
+	o.config = f
 	return o
+}
+
+// setting is the config file's value of key as sidecar reads it: the text
+// of a scalar, "a b" for a list, "k=v,..." (sorted) for a map; "" if absent.
+func (o objects) setting(key string) string {
+	v, ok := o.config.Get(key)
+	if !ok {
+		return ""
+	}
+	switch {
+	case v.List != nil:
+		return strings.Join(v.List, " ")
+	case v.Map != nil:
+		var kv []string
+		for k, x := range v.Map {
+			kv = append(kv, fmt.Sprintf("%s=%s", k, x))
+		}
+		slices.Sort(kv)
+		return strings.Join(kv, ",")
+	}
+	return v.Text
 }
 
 func TestLint(t *testing.T) {
@@ -261,6 +301,7 @@ func TestValuesThatMustFail(t *testing.T) {
 		{[]string{"sidecar.mode=sidecar"}, "app.image.repository must name the app's image"},
 		{[]string{"sidecar.mode=sidecar", "app.image.repository=x", "app.preStopSleepSeconds=50"}, "app.preStopSleepSeconds 50 is not shorter than terminationGracePeriodSeconds 50"},
 		{[]string{"sidecar.mode=sidecar", "app.image.repository=x", "sidecar.command={node}"}, "sidecar.command is for entrypoint mode"},
+		{[]string{"sidecar.workerEnv.not-a-name=x"}, "'not-a-name' does not match"},
 	} {
 		t.Run(strings.Join(tc.set, ","), func(t *testing.T) {
 			out, err := helm(t, templateArgs("", tc.set...)...)
@@ -295,12 +336,29 @@ func TestModes(t *testing.T) {
 			t.Fatalf("containers %d, init containers %d", len(spec.Containers), len(spec.InitContainers))
 		}
 		c := spec.Containers[0]
-		if slices.Contains(c.Args, "--") || !hasArg(c, "--listen=:8080") || !hasArg(c, "--admin-addr=:9901") {
+		if slices.Contains(c.Args, "--") || !hasArg(c, "--listen=:8080") || !hasArg(c, "--admin-addr=:9901") || !hasArg(c, "--config=/etc/sidecar/config.yaml") {
 			t.Errorf("args %q", c.Args)
 		}
-		for _, a := range c.Args {
-			if strings.HasPrefix(a, "--workers") {
-				t.Errorf("workers given without a CPU limit: %q", a)
+		if w := o.setting("workers"); w != "" {
+			t.Errorf("workers %q given without a CPU limit", w)
+		}
+		for key, want := range map[string]string{"shutdownDelay": "5s", "drainTimeout": "30s", "killTimeout": "5s", "handoffTimeout": "30s", "logVerbosity": "0"} {
+			if got := o.setting(key); got != want {
+				t.Errorf("config %s %q, want %q", key, got, want)
+			}
+		}
+		// the config file is mounted where --config reads it, and a
+		// change to it reaches the running pods: no checksum annotation
+		// restarting them
+		if m := c.VolumeMounts; len(m) != 1 || m[0].MountPath != "/etc/sidecar" || !m[0].ReadOnly {
+			t.Errorf("mounts %+v", m)
+		}
+		if v := spec.Volumes; len(v) != 1 || v[0].ConfigMap == nil || v[0].ConfigMap.Name != o.configMap.Name {
+			t.Errorf("volumes %+v", v)
+		}
+		for k := range o.deployment.Spec.Template.Annotations {
+			if strings.HasPrefix(k, "checksum/") {
+				t.Errorf("annotation %s restarts the pods for what a reload applies", k)
 			}
 		}
 		if g := *spec.TerminationGracePeriodSeconds; g != 5+30+5+10 {
@@ -332,11 +390,11 @@ func TestModes(t *testing.T) {
 	t.Run("entrypoint: the command, workers from the CPU limit", func(t *testing.T) {
 		o := decode(t, render(t, filepath.Join(dir, "entrypoint-values.yaml")))
 		c := o.deployment.Spec.Template.Spec.Containers[0]
-		n := len(c.Args)
-		if n < 3 || strings.Join(c.Args[n-3:], " ") != "-- node server.js" || !hasArg(c, "--workers=4") {
-			t.Errorf("args %q, want --workers=4 (3500m) and -- node server.js", c.Args)
+		if slices.Contains(c.Args, "--") || o.setting("command") != "node server.js" || o.setting("workers") != "4" {
+			t.Errorf("args %q, command %q, workers %q: want 4 (3500m) and node server.js in the config file",
+				c.Args, o.setting("command"), o.setting("workers"))
 		}
-		if m := c.VolumeMounts; len(m) != 1 || m[0].MountPath != "/tmp" || len(o.deployment.Spec.Template.Spec.Volumes) != 1 {
+		if m := c.VolumeMounts; len(m) != 2 || m[1].MountPath != "/tmp" || len(o.deployment.Spec.Template.Spec.Volumes) != 2 {
 			t.Errorf("the app's /tmp: mounts %+v", m)
 		}
 		if o.pdb == nil || o.hpa == nil || o.deployment.Spec.Replicas != nil {
@@ -354,8 +412,8 @@ func TestModes(t *testing.T) {
 		if !ok1 || !ok2 || len(spec.InitContainers) != 0 {
 			t.Fatalf("containers %+v", spec.Containers)
 		}
-		if !hasArg(sc, "--upstream=http://127.0.0.1:3000") || !hasArg(sc, "--workers=2") || !hasArg(sc, "--upstream-ready-path=/healthz") {
-			t.Errorf("sidecar args %q", sc.Args)
+		if o.setting("upstream") != "http://127.0.0.1:3000" || o.setting("workers") != "2" || !hasArg(sc, "--upstream-ready-path=/healthz") {
+			t.Errorf("sidecar args %q, upstream %q, workers %q", sc.Args, o.setting("upstream"), o.setting("workers"))
 		}
 		if app.Image != "registry.example.com/shop/api:2.0.1" || len(app.Env) == 0 || app.Env[0].Value != "3000" {
 			t.Errorf("app %+v", app)
@@ -376,8 +434,8 @@ func TestModes(t *testing.T) {
 		if len(spec.Containers) != 1 || spec.Containers[0].Name != "app" {
 			t.Errorf("containers %+v", spec.Containers)
 		}
-		if !hasArg(spec.InitContainers[0], "--workers=2") {
-			t.Errorf("workers from the CPU limit of 2: %q", spec.InitContainers[0].Args)
+		if w := o.setting("workers"); w != "2" {
+			t.Errorf("workers %q, want 2 from the CPU limit of 2", w)
 		}
 	})
 	t.Run("monitoring", func(t *testing.T) {
@@ -405,15 +463,33 @@ func TestModes(t *testing.T) {
 			t.Error("scrape annotations without monitoring.annotations")
 		}
 	})
+	t.Run("worker environment through the config file", func(t *testing.T) {
+		// values that YAML would misread unquoted reach the workers as
+		// written (a key too: helm reads an unquoted N in a values file
+		// as false, so the values file quotes it; the chart keeps it)
+		values := filepath.Join(t.TempDir(), "values.yaml")
+		body := "sidecar:\n  command: [node, server.js]\n  workerEnv:\n    GREETING: 'a: \"b\" #c'\n    EMPTY: ''\n    \"N\": '007'\n"
+		if err := os.WriteFile(values, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		o := decode(t, render(t, values))
+		if got, want := o.setting("env"), `EMPTY=,GREETING=a: "b" #c,N=007`; got != want {
+			t.Errorf("env %q, want %q", got, want)
+		}
+		c := o.deployment.Spec.Template.Spec.Containers[0]
+		if len(c.Env) != 0 {
+			t.Errorf("the worker environment is in the pod spec (a change would restart the pods): %+v", c.Env)
+		}
+	})
 	t.Run("workers given, grace period given", func(t *testing.T) {
 		o := decode(t, render(t, "", "sidecar.workers=3", "terminationGracePeriodSeconds=90", "resources.limits.cpu=500m"))
 		spec := o.deployment.Spec.Template.Spec
-		if !hasArg(spec.Containers[0], "--workers=3") || *spec.TerminationGracePeriodSeconds != 90 {
-			t.Errorf("args %q, grace %d", spec.Containers[0].Args, *spec.TerminationGracePeriodSeconds)
+		if w := o.setting("workers"); w != "3" || *spec.TerminationGracePeriodSeconds != 90 {
+			t.Errorf("workers %q, grace %d", w, *spec.TerminationGracePeriodSeconds)
 		}
 		o = decode(t, render(t, "", "resources.limits.cpu=500m"))
-		if c := o.deployment.Spec.Template.Spec.Containers[0]; !hasArg(c, "--workers=1") {
-			t.Errorf("500m: args %q, want --workers=1", c.Args)
+		if w := o.setting("workers"); w != "1" {
+			t.Errorf("500m: workers %q, want 1", w)
 		}
 	})
 }

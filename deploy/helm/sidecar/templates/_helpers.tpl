@@ -99,34 +99,50 @@ CPUs).
 {{- end }}
 
 {{/*
-The sidecar's arguments (flags, then the worker command).
+The sidecar's arguments: the config file, and what only a new master (a
+new pod) can change. Everything else is in the config file.
 */}}
 {{- define "sidecar.args" -}}
 {{- $s := .Values.sidecar -}}
+- --config=/etc/sidecar/config.yaml
 - --listen=:{{ $s.listenPort }}
 - --admin-addr=:{{ $s.adminPort }}
-{{- with (include "sidecar.workers" .) }}
-- --workers={{ . }}
-{{- end }}
 - --schedule={{ $s.schedule }}
-{{- if not (kindIs "invalid" $s.minReady) }}
-- --min-ready={{ $s.minReady }}
-{{- end }}
-- --shutdown-delay={{ $s.shutdownDelaySeconds }}s
-- --drain-timeout={{ $s.drainTimeoutSeconds }}s
-- --kill-timeout={{ $s.killTimeoutSeconds }}s
-- --handoff-timeout={{ $s.handoffTimeoutSeconds }}s
-- -v={{ $s.logVerbosity }}
-{{- if eq $s.mode "sidecar" }}
-- --upstream={{ default (printf "http://127.0.0.1:%d" (int .Values.app.port)) $s.upstream }}
-{{- end }}
 {{- range $s.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end }}
+
+{{/*
+The config file (the ConfigMap's config.yaml): what a reload applies to
+running pods.
+*/}}
+{{- define "sidecar.configFile" -}}
+{{- $s := .Values.sidecar -}}
+{{- with (include "sidecar.workers" .) }}
+workers: {{ . }}
+{{- end }}
+{{- if not (kindIs "invalid" $s.minReady) }}
+minReady: {{ $s.minReady }}
+{{- end }}
+shutdownDelay: {{ $s.shutdownDelaySeconds }}s
+drainTimeout: {{ $s.drainTimeoutSeconds }}s
+killTimeout: {{ $s.killTimeoutSeconds }}s
+handoffTimeout: {{ $s.handoffTimeoutSeconds }}s
+logVerbosity: {{ $s.logVerbosity }}
+{{- if eq $s.mode "sidecar" }}
+upstream: {{ default (printf "http://127.0.0.1:%d" (int .Values.app.port)) $s.upstream | quote }}
+{{- end }}
 {{- if and (eq $s.mode "entrypoint") $s.command }}
-- "--"
+command:
 {{- range $s.command }}
-- {{ . | quote }}
+  - {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- with $s.workerEnv }}
+env:
+{{- range $k, $v := . }}
+  {{ $k | quote }}: {{ $v | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -182,11 +198,14 @@ on the admin port.
   resources:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- if and .Values.tmpDir (eq .Values.sidecar.mode "entrypoint") .Values.sidecar.command }}
   volumeMounts:
+    - name: config
+      mountPath: /etc/sidecar
+      readOnly: true
+    {{- if and .Values.tmpDir (eq .Values.sidecar.mode "entrypoint") .Values.sidecar.command }}
     - name: tmp
       mountPath: /tmp
-  {{- end }}
+    {{- end }}
 {{- end }}
 
 {{/*
