@@ -203,7 +203,7 @@ func TestNothingOutlivesTheMaster(t *testing.T) {
 			syscall.Kill(p, syscall.SIGKILL)
 		}
 	}
-	m.waitLine(`"Stopping processes the workers left behind"`, time.Second)
+	m.waitLine(`"Stopping processes the workers left behind"`, 10*time.Second)
 }
 
 // TestTooFewDescriptors: --workers beyond what the descriptor limit can
@@ -254,6 +254,10 @@ func TestHungWorkerIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Kill(stopped, syscall.SIGKILL)
+	// kill returns before the stop: one thread takes the signal and stops
+	// the others when it next runs, which on a busy machine can be after
+	// another thread has served a request. Wait until every thread is.
+	testkit.WaitFor(t, "the worker's threads to stop", 20*time.Second, func() bool { return allStopped(stopped) })
 	slow := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	served := map[string]int{}
 	for i := 0; i < 6; i++ { // round-robin: some go to the stopped worker first
@@ -269,12 +273,33 @@ func TestHungWorkerIsReplaced(t *testing.T) {
 	if !strings.Contains(line, `reason="hung"`) {
 		t.Errorf("the stopped worker's exit: %s", line)
 	}
-	m.waitLine(`"Worker is hung`, time.Second)
+	m.waitLine(`"Worker is hung`, 10*time.Second)
 	m.waitLine(`"Worker forked" worker=3 slot=0`, 20*time.Second)
 	if served["1"] != 0 {
 		t.Errorf("the stopped worker served %d requests", served["1"])
 	}
 	t.Logf("served by worker: %v", served)
+}
+
+// allStopped reports whether every thread of pid is stopped by a signal
+// (state T in /proc/pid/task/*/stat).
+func allStopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || len(s) < i+3 || s[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // elsewhereWorker listens on a port of its own choosing, not the one the

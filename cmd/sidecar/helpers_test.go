@@ -43,7 +43,8 @@ func TestMain(m *testing.M) {
 }
 
 // slowWorker serves /slow: it sends the headers, waits 400ms and then the
-// body, so a test can signal the master while a request is in flight.
+// body, so a test can signal the master while a request is in flight; and
+// /hold: the headers, then nothing until the client goes away.
 func slowWorker() int {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
@@ -51,6 +52,11 @@ func slowWorker() int {
 		w.(http.Flusher).Flush()
 		time.Sleep(400 * time.Millisecond) // the work in flight, not a synchronisation
 		io.WriteString(w, "slow done")
+	})
+	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // in flight until the client goes away
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "worker %d", cluster.ID())

@@ -42,7 +42,7 @@ func TestNodeListenZero(t *testing.T) {
 	if _, p, _ := net.SplitHostPort(m.addr); p == strconv.Itoa(port) {
 		t.Fatalf("listen(0) got the --listen port %s", p)
 	}
-	for _, l := range m.waitLines(`"Worker joined a server"`, 2, time.Second) {
+	for _, l := range m.waitLines(`"Worker joined a server"`, 2, 10*time.Second) {
 		if !strings.Contains(l, `key="null:0:4:undefined:0"`) || !strings.Contains(l, fmt.Sprintf(`address="[::]:%d"`, port)) {
 			t.Fatalf("want key null:0:4:undefined:0 on [::]:%d, got %s", port, l)
 		}
@@ -139,7 +139,7 @@ func TestNodeListenError(t *testing.T) {
 	port := busy.Addr().(*net.TCPAddr).Port
 	m := startNode(t, []string{"APP_LISTEN=port,0", "PORT=" + strconv.Itoa(port)})
 	m.waitLines(fmt.Sprintf("event=error spec=port err=bind EADDRINUSE null:%d", port), 2, 15*time.Second)
-	m.waitLines(`errno=-98`, 2, time.Second)
+	m.waitLines(`errno=-98`, 2, 10*time.Second)
 	m.waitLines(`"Worker listening"`, 2, 15*time.Second)
 	a := tcpApp("127.0.0.1", nodeListeningPorts(m)[1])
 	nodeWantEven(t, a.spread(t, m, 10), []int{1, 2}, 5)
@@ -205,7 +205,7 @@ func TestNodeSharedSocket(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sock := filepath.Join(t.TempDir(), "shared.sock")
 			m := startNode(t, append(tc.env, "APP_LISTEN=port,unix:"+sock), tc.args...)
-			m.waitLine(`schedule="shared"`, time.Second)
+			m.waitLine(`schedule="shared"`, 10*time.Second)
 			m.waitLines("event=listening", 4, 15*time.Second)
 			for _, a := range []appClient{dialApp("tcp", m.addr), dialApp("unix", sock)} {
 				seen, err := nodeLoad(a, 4, 75, 20*time.Second)

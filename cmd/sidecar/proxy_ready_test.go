@@ -37,7 +37,7 @@ func TestUpstreamReadyPath(t *testing.T) {
 	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2",
 		"--upstream", "unix:"+sock, "--upstream-ready-path", "/healthz")
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-	admin := "http://" + adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, time.Second))[1]
+	admin := "http://" + adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, 10*time.Second))[1]
 
 	code, body := probe(t, admin+"/readyz?verbose")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "[-]upstream failed") || !strings.Contains(body, "[+]workers ok") {
@@ -83,7 +83,7 @@ func TestUpstreamReadyDialsTCP(t *testing.T) {
 	defer ln.Close()
 	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "1", "--upstream", "tcp://"+ln.Addr().String())
 	m.waitLines(`"Worker listening"`, 1, 10*time.Second)
-	admin := "http://" + adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, time.Second))[1]
+	admin := "http://" + adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, 10*time.Second))[1]
 	if code, body := probe(t, admin+"/readyz/upstream"); code != http.StatusOK {
 		t.Fatalf("upstream listening: /readyz/upstream %d: %s", code, body)
 	}

@@ -29,7 +29,7 @@ func TestProxyTCPWorkers(t *testing.T) {
 	up := tcpUpstream(t)
 	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--upstream", "tcp://"+up)
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, time.Second))[1]
+	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, 10*time.Second))[1]
 	for i := range 6 { // round-robin reaches both workers
 		c, err := net.DialTimeout("tcp", m.addr, 5*time.Second)
 		if err != nil {

@@ -23,7 +23,7 @@ func TestProxyWorkers(t *testing.T) {
 	defer up.Close()
 	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--upstream", up.URL)
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, time.Second))[1]
+	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, 10*time.Second))[1]
 	const n = 10
 	for range n { // one connection each: round-robin reaches both workers
 		_, body, err := get("http://" + m.addr + "/hi")

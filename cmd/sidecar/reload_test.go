@@ -120,7 +120,7 @@ func TestBadConfigReloadsChangeNothing(t *testing.T) {
 	} {
 		cm.update(bad.content)
 		waitMetrics(t, admin, 20*time.Second, eq(float64(i+1), "sidecar_config_reloads_total", "result", "failure"))
-		if line := m.waitLines(`"Config reload failed`, i+1, time.Second)[i]; !strings.Contains(line, bad.says) {
+		if line := m.waitLines(`"Config reload failed`, i+1, 10*time.Second)[i]; !strings.Contains(line, bad.says) {
 			t.Errorf("update %d: the log does not say %q: %s", i+1, bad.says, line)
 		}
 		if code, _ := mustFetch(t, "http://"+admin+"/readyz"); code != 200 {
@@ -130,7 +130,7 @@ func TestBadConfigReloadsChangeNothing(t *testing.T) {
 			t.Errorf("update %d: %v workers listening, want 2", i+1, n)
 		}
 	}
-	waitMetrics(t, admin, time.Second, eq(0, "sidecar_config_last_reload_successful"), eq(0, "sidecar_config_reloads_total", "result", "success"))
+	waitMetrics(t, admin, 10*time.Second, eq(0, "sidecar_config_last_reload_successful"), eq(0, "sidecar_config_reloads_total", "result", "success"))
 	if m.count(`"Worker forked"`) != 2 {
 		t.Errorf("workers were started by a refused reload")
 	}
@@ -286,7 +286,7 @@ func TestRollWithACrashingWorkerAborts(t *testing.T) {
 	r := runLoad(m.addr, 4, false, stop, &wg)
 	cm.update("workers: 2\ncommand: [\"false\"]\n")
 	waitMetrics(t, admin, 30*time.Second, eq(1, "sidecar_rolling_restarts_total", "result", "aborted"))
-	m.waitLine(`"Rolling restart aborted`, time.Second)
+	m.waitLine(`"Rolling restart aborted`, 10*time.Second)
 	n := r.ok.Load()
 	testkit.WaitFor(t, "the old workers to serve after the abort", 20*time.Second, func() bool { return r.ok.Load() >= n+100 })
 	close(stop)

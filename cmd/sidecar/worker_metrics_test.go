@@ -19,7 +19,7 @@ var adminRE = regexp.MustCompile(`"Admin server listening" address="([^"]+)"`)
 func TestWorkerMetricsInMasterScrape(t *testing.T) {
 	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2")
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, time.Second))[1]
+	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, 10*time.Second))[1]
 	const n = 10
 	for range n {
 		if _, _, err := get("http://" + m.addr + "/"); err != nil {

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -203,8 +204,11 @@ func TestCloseUnderAStuckCallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	stuck, release := make(chan struct{}), make(chan struct{})
-	defer close(release)
-	go e.Run(context.Background())
+	var releaseOnce sync.Once
+	unstick := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unstick()
+	ran := make(chan error, 1)
+	go func() { ran <- e.Run(context.Background()) }()
 	r, w := pipe(t)
 	s, err := e.Watch(r, unix.EPOLLIN, func(uint32) bool {
 		close(stuck)
@@ -229,5 +233,16 @@ func TestCloseUnderAStuckCallback(t *testing.T) {
 	case <-closed:
 	case <-time.After(wait):
 		t.Fatal("Close waited for the stuck callback")
+	}
+	// Once the callback returns, Run must return before the test ends: it
+	// would otherwise go on with the descriptor numbers Close released,
+	// which the next test's engine may get (with -count=N it then took that
+	// engine's wake-up, and the engine slept through Kick and Close).
+	unstick()
+	select {
+	case err := <-ran:
+		t.Logf("Run returned %v once the stuck callback did", err)
+	case <-time.After(wait):
+		t.Fatal("Run did not return once the stuck callback did")
 	}
 }

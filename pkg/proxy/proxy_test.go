@@ -191,17 +191,16 @@ func TestUnixUpstream(t *testing.T) {
 
 func TestUpstreamRefusedIs502Fast(t *testing.T) {
 	addr := testkit.FreeAddr(t)
-	p := startProxy(t, Config{Upstream: "http://" + addr})
-	start := time.Now()
+	// A refused dial is answered at once, not retried until the dial
+	// timeout: with the timeout far beyond the client's (10s), a proxy
+	// that waited for it would fail the request below.
+	p := startProxy(t, Config{Upstream: "http://" + addr, UpstreamDialTimeout: time.Hour})
 	resp, err := newClient(1).Get(p.url + "/x")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("502 took %v", took)
-	}
 	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "http://"+addr) {
 		t.Errorf("got %d %q, want 502 naming the upstream", resp.StatusCode, body)
 	}
@@ -211,6 +210,11 @@ func TestUpstreamRefusedIs502Fast(t *testing.T) {
 	if n := testutil.ToFloat64(p.metrics.upstream.WithLabelValues(errRefused)); n != 1 {
 		t.Errorf("upstream errors {kind=refused} = %v, want 1", n)
 	}
+	// A request is counted once its response is written: the client can
+	// have it first.
+	testkit.WaitFor(t, "the 502 to be counted", 10*time.Second, func() bool {
+		return testutil.ToFloat64(p.metrics.requests.WithLabelValues("502")) >= 1
+	})
 	if n := testutil.ToFloat64(p.metrics.requests.WithLabelValues("502")); n != 1 {
 		t.Errorf("requests {code=502} = %v, want 1", n)
 	}
@@ -238,8 +242,8 @@ func TestSlowUpstreamIs504AtTheTimeout(t *testing.T) {
 	if resp.StatusCode != http.StatusGatewayTimeout || !strings.Contains(string(body), up.URL) {
 		t.Errorf("got %d %q, want 504 naming the upstream", resp.StatusCode, body)
 	}
-	if took < timeout || took > timeout+2*time.Second {
-		t.Errorf("504 after %v, want about %v", took, timeout)
+	if took < timeout { // no upper limit: a busy machine answers later
+		t.Errorf("504 after %v, before the %v timeout", took, timeout)
 	}
 	if n := testutil.ToFloat64(p.metrics.upstream.WithLabelValues(errTimeout)); n != 1 {
 		t.Errorf("upstream errors {kind=timeout} = %v, want 1", n)
@@ -338,6 +342,11 @@ func TestMetricsLint(t *testing.T) {
 	}
 	io.Copy(io.Discard, resp.Body) // read to the end: the connection stays open
 	resp.Body.Close()
+	// A request is counted once its response is written: the client can
+	// have it first.
+	testkit.WaitFor(t, "the request to be counted", 10*time.Second, func() bool {
+		return testutil.ToFloat64(p.metrics.requests.WithLabelValues("200")) >= 1
+	})
 	problems, err := testutil.GatherAndLint(p.reg)
 	if err != nil || len(problems) > 0 {
 		t.Fatalf("lint: %v %v", err, problems)

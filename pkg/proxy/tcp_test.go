@@ -137,16 +137,14 @@ func TestTCPHalfClose(t *testing.T) {
 func TestTCPUpstreamDownClosesTheClient(t *testing.T) {
 	p, addr := startTCP(t, Config{Upstream: "tcp://" + testkit.FreeAddr(t)})
 	c := dialTCP(t, addr)
-	start := time.Now()
+	// The connection is closed, not left open: dialTCP's deadline ends a
+	// read that waits in vain with a timeout, which fails here.
 	b, err := io.ReadAll(c)
 	if len(b) != 0 {
 		t.Fatalf("read %q from a connection to nothing", b)
 	}
 	if err != nil && !isReset(err) {
 		t.Fatalf("want EOF or a reset, got %v", err)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("closed after %v", d)
 	}
 	testkit.WaitFor(t, "the refused dial to be counted", 5*time.Second, func() bool {
 		return testutil.ToFloat64(p.metrics.upstream.WithLabelValues(errRefused)) == 1
@@ -163,37 +161,60 @@ func isReset(err error) bool {
 }
 
 func TestTCPIdleTimeout(t *testing.T) {
-	const idle = 200 * time.Millisecond
+	const idle = 400 * time.Millisecond
 	_, addr := startTCP(t, Config{Upstream: "tcp://" + testkit.ServeTCP(t, echo), TCPIdleTimeout: idle})
 
-	// A connection that keeps talking (a byte every idle/4) stays open.
-	busy := dialTCP(t, addr)
-	tick := time.NewTicker(idle / 4)
-	defer tick.Stop()
+	// A connection that keeps talking (a byte every idle/4) stays open. The
+	// proxy cannot close it sooner than idle after the last byte it saw,
+	// which was sent after the test's clock read before that write; a
+	// connection closed later than that may have been idle for real (a
+	// busy machine delayed the test), and is tried again.
 	buf := make([]byte, 1)
-	for range 12 { // 3×idle
-		<-tick.C
-		if _, err := busy.Write([]byte{'x'}); err != nil {
-			t.Fatalf("busy connection write: %v", err)
+	busy := func() (ok bool) {
+		lastSent := time.Now() // the dial: the proxy's clock starts after it
+		c := dialTCP(t, addr)
+		defer c.Close()
+		tick := time.NewTicker(idle / 4)
+		defer tick.Stop()
+		for range 12 { // 3×idle
+			<-tick.C
+			sent := time.Now()
+			_, err := c.Write([]byte{'x'})
+			if err == nil {
+				_, err = io.ReadFull(c, buf)
+			}
+			if err != nil {
+				if d := time.Since(lastSent); d < idle {
+					t.Fatalf("busy connection closed %v after a byte sent: %v", d, err)
+				}
+				t.Logf("busy connection closed %v after the last byte that came back (%v): the test fell behind", time.Since(lastSent), err)
+				return false
+			}
+			lastSent = sent
 		}
-		if _, err := io.ReadFull(busy, buf); err != nil {
-			t.Fatalf("busy connection closed: %v", err)
+		return true
+	}
+	for try := 1; !busy(); try++ {
+		if try == 5 {
+			t.Log("the busy connection was never kept busy: the machine is too slow to show it stays open")
+			break
 		}
 	}
 
-	// One that says nothing after its first exchange is closed.
+	// One that says nothing after its first exchange is closed, not sooner
+	// than idle (less the proxy's check interval) after that exchange.
 	c := dialTCP(t, addr)
+	start := time.Now()
 	c.Write([]byte{'x'})
 	if _, err := io.ReadFull(c, buf); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	b, err := io.ReadAll(c)
+	b, err := io.ReadAll(c) // dialTCP's deadline fails a connection left open
 	if len(b) != 0 || err != nil && !isReset(err) {
 		t.Fatalf("idle connection: read %q, %v; want it closed", b, err)
 	}
-	if d := time.Since(start); d < idle-idle/4 || d > 5*idle {
-		t.Fatalf("idle connection closed after %v, want about %v", d, idle)
+	if d := time.Since(start); d < idle-idle/4 {
+		t.Fatalf("idle connection closed %v after its last byte, want at least about %v", d, idle)
 	}
 }
 

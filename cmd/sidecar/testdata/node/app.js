@@ -81,7 +81,10 @@ function handle(req, res) {
     case '/slow': // the answer's headers at once, its body after ms
       res.writeHead(200, { 'x-worker-id': id });
       res.flushHeaders();
-      setTimeout(() => res.end(info({ slow: true })), Number(url.searchParams.get('ms') || 500));
+      setTimeout(() => {
+        log('event=slow-done'); // before the body: a test orders it against the master's lines
+        res.end(info({ slow: true }));
+      }, Number(url.searchParams.get('ms') || 500));
       return;
     case '/hold': // headers at once; the body when the client goes away
       res.writeHead(200, { 'x-worker-id': id });
