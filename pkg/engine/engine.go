@@ -43,15 +43,17 @@ type Engine struct {
 	epfd   int
 	wakefd int // eventfd: Kick, Close and the end of Run's context wake the loop
 
-	mu       sync.Mutex
-	sources  map[uint64]*Source
-	next     uint64    // the next source's token
-	kicked   []*Source // callbacks to run without an event
-	woken    bool      // wakefd has been written since the loop last drained it
-	running  bool      // Run has started
-	stopping bool      // Close asks Run to return
-	closed   bool      // the descriptors are closed
-	done     chan struct{}
+	mu        sync.Mutex
+	sources   map[uint64]*Source
+	next      uint64    // the next source's token
+	kicked    []*Source // callbacks to run without an event
+	woken     bool      // wakefd has been written since the loop last drained it
+	running   bool      // Run has started
+	stopping  bool      // Close asks Run to return
+	closed    bool      // closed to callers: the descriptors are closed, or left to Run
+	returned  bool      // Run has returned
+	leftToRun bool      // Close gave up waiting: Run closes the descriptors as it returns
+	done      chan struct{}
 }
 
 // New creates an engine. Run serves it; Close releases it.
@@ -91,6 +93,14 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.running = true
 	e.mu.Unlock()
 	defer close(e.done)
+	defer func() {
+		e.mu.Lock()
+		e.returned = true
+		if e.leftToRun {
+			e.closeFDs()
+		}
+		e.mu.Unlock()
+	}()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	stopWaking := context.AfterFunc(ctx, e.wake)
@@ -147,7 +157,9 @@ var closeWait = 10 * time.Second
 
 // Close stops Run (waiting for it to return, at most closeWait) and closes
 // the engine's descriptors; sources are forgotten, their descriptors stay
-// their owners'. It must not be called from a callback.
+// their owners'. If Run does not return in time (a callback that never
+// returns), Close returns anyway and Run closes the descriptors when it
+// does. It must not be called from a callback.
 func (e *Engine) Close() {
 	e.mu.Lock()
 	if e.closed {
@@ -176,6 +188,16 @@ func (e *Engine) Close() {
 	}
 	e.closed = true
 	e.sources, e.kicked = nil, nil
+	if running && !e.returned {
+		// Run still uses them: closed now, their numbers could be reused
+		// under it (another engine's epoll or eventfd).
+		e.leftToRun = true
+		return
+	}
+	e.closeFDs()
+}
+
+func (e *Engine) closeFDs() {
 	unix.Close(e.epfd)
 	unix.Close(e.wakefd)
 }

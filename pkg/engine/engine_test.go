@@ -234,15 +234,25 @@ func TestCloseUnderAStuckCallback(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("Close waited for the stuck callback")
 	}
-	// Once the callback returns, Run must return before the test ends: it
-	// would otherwise go on with the descriptor numbers Close released,
-	// which the next test's engine may get (with -count=N it then took that
-	// engine's wake-up, and the engine slept through Kick and Close).
+	// Close left the descriptors to Run, which still uses them: closed
+	// now, their numbers could be another engine's by the time it waits
+	// on them (with -count=N it once took that engine's wake-up, and the
+	// engine slept through Kick and Close).
+	if _, err := unix.FcntlInt(uintptr(e.epfd), unix.F_GETFD, 0); err != nil {
+		t.Fatalf("the epoll descriptor was closed under the running loop: %v", err)
+	}
 	unstick()
 	select {
 	case err := <-ran:
-		t.Logf("Run returned %v once the stuck callback did", err)
+		if err != nil {
+			t.Errorf("Run returned %v once the stuck callback did, want nil", err)
+		}
 	case <-time.After(wait):
 		t.Fatal("Run did not return once the stuck callback did")
+	}
+	for _, fd := range []int{e.epfd, e.wakefd} {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+			t.Errorf("descriptor %d after Run returned: %v, want it closed (EBADF)", fd, err)
+		}
 	}
 }
