@@ -27,6 +27,7 @@ type TCPProxy struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	closing   bool
+	serving   sync.WaitGroup // Serve calls (they Add to conns)
 	conns     sync.WaitGroup // connections being passed through
 }
 
@@ -86,6 +87,7 @@ func (p *TCPProxy) track(ln net.Listener) bool {
 		return false
 	}
 	p.listeners[ln] = struct{}{}
+	p.serving.Add(1)
 	return true
 }
 
@@ -93,6 +95,7 @@ func (p *TCPProxy) untrack(ln net.Listener) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.listeners, ln)
+	p.serving.Done()
 }
 
 func (p *TCPProxy) isClosing() bool {
@@ -102,7 +105,9 @@ func (p *TCPProxy) isClosing() bool {
 }
 
 // Shutdown closes the listeners and waits for the connections being passed
-// through to end, or for ctx.
+// through to end, or for ctx. A connection accepted as it began is passed
+// through too: it waits for the Serve loops to return first, so that no
+// connection is counted in after it started waiting.
 func (p *TCPProxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	p.closing = true
@@ -110,6 +115,9 @@ func (p *TCPProxy) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	p.mu.Unlock()
+	if err := wait(ctx, &p.serving); err != nil {
+		return err
+	}
 	return wait(ctx, &p.conns)
 }
 
