@@ -163,8 +163,17 @@ func Parse(path string, raw []byte) (*File, error) {
 		return nil, &Error{Path: path, Line: yamlLine(err), Msg: yamlMessage(err)}
 	}
 	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
+	switch err := dec.Decode(&extra); {
+	case errors.Is(err, ioEOF):
+	case err != nil: // what follows the first document is not YAML either
+		return nil, &Error{Path: path, Line: yamlLine(err), Msg: yamlMessage(err)}
+	case !isEmpty(&extra): // a trailing "---" alone is no document
 		return nil, &Error{Path: path, Line: extra.Line, Msg: "more than one YAML document"}
+	default:
+		var more yaml.Node
+		if err := dec.Decode(&more); !errors.Is(err, ioEOF) {
+			return nil, &Error{Path: path, Line: more.Line, Msg: "more than one YAML document"}
+		}
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
@@ -179,6 +188,9 @@ func Parse(path string, raw []byte) (*File, error) {
 	seen := map[string]int{}
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			return nil, &Error{Path: path, Line: k.Line, Msg: fmt.Sprintf("a key must be a name, not %s", shape(k))}
+		}
 		s, ok := Lookup(k.Value)
 		if !ok {
 			return nil, &Error{Path: path, Line: k.Line, Key: k.Value, Msg: "unknown key" + suggest(k.Value)}
@@ -225,8 +237,16 @@ func decodeValue(s Setting, n *yaml.Node) (Value, error) {
 			return v, fmt.Errorf("want a mapping of names to strings, got %s", shape(n))
 		}
 		v.Map = map[string]string{}
+		seen := map[string]int{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, e := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode {
+				return v, fmt.Errorf("a variable name on line %d is %s", k.Line, shape(k))
+			}
+			if first, dup := seen[k.Value]; dup {
+				return v, fmt.Errorf("%s (line %d) given twice (first on line %d)", k.Value, k.Line, first)
+			}
+			seen[k.Value] = k.Line
 			if e.Kind != yaml.ScalarNode || e.Tag == "!!null" {
 				return v, fmt.Errorf("%s (line %d): want a string, got %s", k.Value, e.Line, shape(e))
 			}
@@ -239,8 +259,22 @@ func decodeValue(s Setting, n *yaml.Node) (Value, error) {
 	return v, nil
 }
 
+// isEmpty reports whether a decoded document holds nothing.
+func isEmpty(doc *yaml.Node) bool {
+	n := doc
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return true
+		}
+		n = n.Content[0]
+	}
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null" && n.Value == ""
+}
+
 func shape(n *yaml.Node) string {
 	switch {
+	case n.Kind == yaml.AliasNode:
+		return fmt.Sprintf("an alias (*%s)", n.Value)
 	case n.Kind == yaml.SequenceNode:
 		return "a list"
 	case n.Kind == yaml.MappingNode:
@@ -251,8 +285,15 @@ func shape(n *yaml.Node) string {
 	return fmt.Sprintf("%q", n.Value)
 }
 
-// suggest names the known key closest to an unknown one, if any is close.
+// suggest names the known key closest to an unknown one, if any is close:
+// the key of a flag written as on the command line first.
 func suggest(key string) string {
+	flag := strings.TrimLeft(key, "-")
+	for _, s := range Settings {
+		if s.Flag != "" && s.Flag == flag {
+			return fmt.Sprintf(" (did you mean %s? it is the key for --%s)", s.Key, s.Flag)
+		}
+	}
 	best, bestD := "", 3
 	for _, s := range Settings {
 		if d := distance(strings.ToLower(key), strings.ToLower(s.Key)); d < bestD {
