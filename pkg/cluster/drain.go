@@ -71,10 +71,12 @@ func (w *Worker) beginDrain() {
 
 // DrainHTTP wraps hs for a drain that loses no request: once drained, each
 // response says Connection: close (net/http then closes the connection
-// after it); Shutdown closes idle connections only once they have been
-// idle for DrainGrace, and lets the others end after their next response,
-// before it shuts hs down. (http.Server.Shutdown alone closes every idle
-// connection at once, racing a client that is sending on it.)
+// after it); Shutdown closes the listeners, lets Serve take what they
+// still hold, closes idle connections only once they have been idle for
+// DrainGrace, and lets the others end after their next response, before
+// it shuts hs down. (http.Server.Shutdown alone closes every idle
+// connection at once, racing a client that is sending on it, and drops
+// the request of a connection it had not read yet.)
 // ServeUntilDisconnect does this to an *http.Server itself; use it for a
 // server run otherwise. It sets hs.Handler and hs.ConnState (calling the
 // ones hs had).
@@ -105,9 +107,12 @@ func DrainHTTP(hs *http.Server) *HTTPServer {
 type HTTPServer struct {
 	*http.Server
 	draining atomic.Bool
+	serving  sync.WaitGroup // Serve calls
 
-	mu    sync.Mutex
-	conns map[net.Conn]connIdle
+	mu        sync.Mutex
+	conns     map[net.Conn]connIdle
+	listeners map[net.Listener]struct{}
+	shutting  bool
 }
 
 // connIdle is since when a connection has been idle (zero: it is serving
@@ -130,11 +135,48 @@ func (d *HTTPServer) track(c net.Conn, st http.ConnState) {
 // Drain makes every response from now on close its connection.
 func (d *HTTPServer) Drain() { d.draining.Store(true) }
 
-// Shutdown drains, closes connections as they have been idle for
-// DrainGrace until none is left, then shuts the server down; ctx bounds
-// the wait.
+// Serve serves ln (http.Server.Serve), which Shutdown closes.
+func (d *HTTPServer) Serve(ln net.Listener) error {
+	d.mu.Lock()
+	if d.shutting {
+		d.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	if d.listeners == nil {
+		d.listeners = map[net.Listener]struct{}{}
+	}
+	d.listeners[ln] = struct{}{}
+	d.serving.Add(1)
+	d.mu.Unlock()
+	defer d.serving.Done()
+	return d.Server.Serve(ln)
+}
+
+// Shutdown drains and closes the listeners; once Serve has taken what
+// they still held (a cluster listener hands over the connections the
+// worker has answered for), it closes connections as they have been idle
+// for DrainGrace until none is left, then shuts the server down; ctx
+// bounds the wait. net/http drops a request it reads once its own
+// Shutdown has begun, so that comes last, when no connection is left.
 func (d *HTTPServer) Shutdown(ctx context.Context) error {
 	d.Drain()
+	d.mu.Lock()
+	d.shutting = true
+	for ln := range d.listeners {
+		ln.Close()
+	}
+	d.mu.Unlock()
+	served := make(chan struct{})
+	go func() {
+		d.serving.Wait()
+		close(served)
+	}()
+	select {
+	case <-served:
+	case <-ctx.Done():
+		return d.Server.Shutdown(ctx)
+	}
 	tick := time.NewTicker(DrainGrace / 10)
 	defer tick.Stop()
 	for d.closeIdle(time.Now()) > 0 {
