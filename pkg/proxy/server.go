@@ -52,6 +52,7 @@ type server struct {
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
 	shutting atomic.Bool
+	serving  sync.WaitGroup // Serve calls: they count connections in
 	running  sync.WaitGroup // connections in the loop, and on their way to fallback
 
 	handedOver atomic.Int64 // connections given to fallback (for tests)
@@ -77,7 +78,9 @@ func (p *Proxy) newServer() (*server, error) {
 }
 
 // Serve accepts connections on ln until it is closed or the server shuts
-// down; it returns http.ErrServerClosed after Shutdown or Close.
+// down; it returns http.ErrServerClosed after Shutdown or Close. What ln
+// still hands over once closed (a cluster listener's connections the
+// worker answered for) is served too.
 func (s *server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.shutting.Load() {
@@ -89,7 +92,9 @@ func (s *server) Serve(ln net.Listener) error {
 	if s.handoff.addr == nil {
 		s.handoff.addr = ln.Addr()
 	}
+	s.serving.Add(1)
 	s.mu.Unlock()
+	defer s.serving.Done()
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -107,10 +112,7 @@ func (s *server) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
-		if !s.add() {
-			c.Close()
-			return http.ErrServerClosed
-		}
+		s.running.Add(1) // before Shutdown waits for it: it waits for Serve first
 		s.p.metrics.active.Inc()
 		if _, ok := c.(syscall.Conn); !ok || !s.loop.running() {
 			go s.handOver(c, nil)
@@ -118,17 +120,6 @@ func (s *server) Serve(ln net.Listener) error {
 		}
 		s.toLoop(c)
 	}
-}
-
-// add counts a new connection in; false if the server is shutting down.
-func (s *server) add() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shutting.Load() {
-		return false
-	}
-	s.running.Add(1)
-	return true
 }
 
 // toLoop gives a new (counted) connection to the event loop.
@@ -196,7 +187,10 @@ func (s *server) Drain() {
 func (s *server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
 	s.loop.post(loopMsg{kind: msgShutdown})
-	err := wait(ctx, &s.running)
+	err := wait(ctx, &s.serving)
+	if err == nil {
+		err = wait(ctx, &s.running)
+	}
 	s.stopLoop() // (after the wait: idle upstream connections; on ctx's end: the rest)
 	if err != nil {
 		s.fallback.Close()
