@@ -371,13 +371,13 @@ func TestVerbosityLevels(t *testing.T) {
 			t.Fatal(err)
 		}
 		if v == "4" {
-			m.waitLine(`"Connection handed off"`, 5*time.Second)
+			m.waitLine(`"Connections handed off"`, 5*time.Second)
 			continue
 		}
 		m.signal(syscall.SIGTERM)
 		m.waitExit(10 * time.Second)
 		for _, l := range m.output() {
-			if strings.Contains(l, "Connection handed off") {
+			if strings.Contains(l, "Connections handed off") {
 				t.Fatalf("per-connection line at -v 0: %s", l)
 			}
 		}

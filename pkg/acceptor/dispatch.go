@@ -15,16 +15,41 @@ const (
 	ReasonWorkerDied = "worker_died"
 )
 
-// handoff is a connection on its way to a worker, decided under the lock and
-// sent outside it.
+// handoff is connections on their way to one worker, decided under the
+// lock and sent outside it: one connection for a worker that speaks the
+// Node protocol, a batch for one that takes batches.
 type handoff struct {
-	m *member
-	c *conn
+	m     *member
+	conns []*conn
 }
 
-// dispatch hands c to the next free worker or queues it. It reports whether
-// accepting may go on (false: the queue is full).
-func (l *Listener) dispatch(c *conn) bool {
+// outbox collects the handoffs decided under the lock: a batch member's
+// connections join its open handoff, up to ipc.MaxBatch.
+type outbox []handoff
+
+func (o *outbox) add(m *member, c *conn) {
+	if m.window > 1 {
+		for i := range *o {
+			if h := &(*o)[i]; h.m == m && len(h.conns) < ipc.MaxBatch {
+				h.conns = append(h.conns, c)
+				return
+			}
+		}
+	}
+	*o = append(*o, handoff{m, []*conn{c}})
+}
+
+// claimLocked gives c to m: m has one more connection unanswered.
+func (l *Listener) claimLocked(m *member, c *conn, out *outbox) {
+	m.inflight++
+	l.inflight++
+	out.add(m, c)
+}
+
+// dispatch hands c to the next worker with room in its window, in out, or
+// queues it. It reports whether accepting may go on (false: the queue is
+// full).
+func (l *Listener) dispatch(c *conn, out *outbox) bool {
 	l.mu.Lock()
 	m := l.nextFreeLocked(nil)
 	if m == nil {
@@ -33,92 +58,115 @@ func (l *Listener) dispatch(c *conn) bool {
 		l.mu.Unlock()
 		return more
 	}
-	m.busy = true
-	l.inflight++
+	l.claimLocked(m, c, out)
 	more := !l.paused // free workers while paused: refused connections await a retry
 	l.mu.Unlock()
-	l.send(handoff{m, c})
 	return more
 }
 
-// send does one handoff; a failed send is a reply with an error.
-func (l *Listener) send(h handoff) {
-	err := h.m.t.SendConn(h.m.qkey, h.c.fd, func(r *ipc.Message, err error) {
-		l.onReply(h.m, h.c, r, err)
-	})
-	if err != nil {
-		l.onReply(h.m, h.c, nil, err)
+// send does the handoffs of out; a failed send is a reply with an error.
+func (l *Listener) send(out outbox) {
+	for _, h := range out {
+		m, conns := h.m, h.conns
+		reply := func(r *ipc.Message, err error) { l.onReply(m, conns, r, err) }
+		var err error
+		if m.batch != nil {
+			fds := make([]int, len(conns))
+			for i, c := range conns {
+				fds[i] = c.fd
+			}
+			err = m.batch.SendConns(m.qkey, fds, reply)
+		} else {
+			err = m.t.SendConn(m.qkey, conns[0].fd, reply)
+		}
+		if err != nil {
+			reply(nil, err)
+		}
 	}
 }
 
-// onReply settles one handoff: the worker accepted the connection, refused
-// it, or went away with it.
-func (l *Listener) onReply(m *member, c *conn, r *ipc.Message, err error) {
-	var next []handoff
-	accepted := err == nil && r.Accepted
+// onReply settles a handoff: the worker took each connection, refused it,
+// or went away with it (err).
+func (l *Listener) onReply(m *member, conns []*conn, r *ipc.Message, err error) {
+	var out outbox
+	taken := 0
 	l.mu.Lock()
-	l.inflight--
-	m.busy = false
-	switch {
-	case accepted:
-		l.opts.Observer.Dispatched(m.t.Slot(), time.Since(c.at))
-	case err != nil:
+	l.inflight -= len(conns)
+	m.inflight -= len(conns)
+	if err != nil {
 		m.gone = true
-		l.opts.Observer.Redispatched(ReasonWorkerDied)
-		next = l.placeLocked(c, nil, next)
-	default:
-		c.refusedBy = m.t
-		c.refusals++
-		l.opts.Observer.Redispatched(ReasonRejected)
-		// Another free worker takes it at once. With none (all refused it,
-		// or the others are busy) it is retried after a backoff: queued, it
-		// would wait for a busy worker while this one may be free first.
-		var o *member
-		if c.refusals < l.liveMembersLocked() {
-			o = l.nextFreeLocked(m.t)
-		}
-		if o != nil && o != m {
-			o.busy = true
-			l.inflight++
-			next = append(next, handoff{o, c})
-		} else {
-			l.delayLocked(c)
+	}
+	for i, c := range conns {
+		switch {
+		case err != nil:
+			l.opts.Observer.Redispatched(ReasonWorkerDied)
+			l.placeLocked(c, nil, &out)
+		case m.batch != nil && !refused(r, i), m.batch == nil && r.Accepted:
+			l.opts.Observer.Dispatched(m.t.Slot(), time.Since(c.at))
+			conns[taken] = c // the taken ones first, to be closed below
+			taken++
+		default:
+			c.refusedBy = m.t
+			c.refusals++
+			l.opts.Observer.Redispatched(ReasonRejected)
+			// Another worker with room takes it at once. With none (all
+			// refused it, or the others are full) it is retried after a
+			// backoff: queued, it would wait for a busy worker while this
+			// one may be free first.
+			var o *member
+			if c.refusals < l.liveMembersLocked() {
+				o = l.nextFreeLocked(m.t)
+			}
+			if o != nil && o != m {
+				l.claimLocked(o, c, &out)
+			} else {
+				l.delayLocked(c)
+			}
 		}
 	}
 	if !m.gone {
-		next = l.takeQueuedLocked(m, next)
+		l.takeQueuedLocked(m, &out)
 	}
 	l.mu.Unlock()
 	signal(l.changed)
-	if accepted {
+	for _, c := range conns[:taken] {
 		unix.Close(c.fd)
 	}
 	if v := klog.V(4); v.Enabled() { // per-connection detail; a load when off
-		v.InfoS("Connection handed off", "listener", l.name, "worker", m.t.ID(), "slot", m.t.Slot(),
-			"accepted", accepted, "err", err, "wait", time.Since(c.at))
+		v.InfoS("Connections handed off", "listener", l.name, "worker", m.t.ID(), "slot", m.t.Slot(),
+			"connections", len(conns), "taken", taken, "err", err, "wait", time.Since(conns[0].at))
 	}
-	for _, h := range next {
-		l.send(h)
-	}
+	l.send(out)
 }
 
-// placeLocked gives c to a free worker other than exclude, or puts it at the
-// head of the queue (it is older than anything queued).
-func (l *Listener) placeLocked(c *conn, exclude Target, next []handoff) []handoff {
+// refused reports whether a batch reply refuses connection i. Indexes out
+// of the batch's range name nothing.
+func refused(r *ipc.Message, i int) bool {
+	for _, x := range r.Refused {
+		if x == int64(i) {
+			return true
+		}
+	}
+	return false
+}
+
+// placeLocked gives c to a worker with room other than exclude, or puts it
+// at the head of the queue (it is older than anything queued).
+func (l *Listener) placeLocked(c *conn, exclude Target, out *outbox) {
 	if m := l.nextFreeLocked(exclude); m != nil {
-		m.busy = true
-		l.inflight++
-		return append(next, handoff{m, c})
+		l.claimLocked(m, c, out)
+		return
 	}
 	l.enqueueLocked(c, true)
-	return next
 }
 
-// takeQueuedLocked gives the free member m the oldest queued connection it
+// takeQueuedLocked fills m's window with the oldest queued connections it
 // did not itself refuse last.
-func (l *Listener) takeQueuedLocked(m *member, next []handoff) []handoff {
-	for i, c := range l.queue {
+func (l *Listener) takeQueuedLocked(m *member, out *outbox) {
+	for i := 0; i < len(l.queue) && !m.full(); {
+		c := l.queue[i]
 		if c.refusedBy == m.t && l.liveMembersLocked() > 1 {
+			i++
 			continue
 		}
 		copy(l.queue[i:], l.queue[i+1:])
@@ -126,11 +174,8 @@ func (l *Listener) takeQueuedLocked(m *member, next []handoff) []handoff {
 		l.queue = l.queue[:len(l.queue)-1]
 		l.opts.Observer.QueueLength(-1)
 		l.updatePausedLocked()
-		m.busy = true
-		l.inflight++
-		return append(next, handoff{m, c})
+		l.claimLocked(m, c, out)
 	}
-	return next
 }
 
 func (l *Listener) enqueueLocked(c *conn, front bool) {
@@ -166,17 +211,16 @@ func (l *Listener) delayLocked(c *conn) {
 		l.mu.Lock()
 		l.delayed--
 		c.refusedBy = nil
-		next := l.placeLocked(c, nil, nil)
+		var out outbox
+		l.placeLocked(c, nil, &out)
 		l.updatePausedLocked()
 		l.mu.Unlock()
-		for _, h := range next {
-			l.send(h)
-		}
+		l.send(out)
 	})
 }
 
-// nextFreeLocked picks the next free live worker after the cursor, skipping
-// exclude unless it is the only one.
+// nextFreeLocked picks the next live worker with room in its window after
+// the cursor, skipping exclude unless it is the only one.
 func (l *Listener) nextFreeLocked(exclude Target) *member {
 	n := len(l.members)
 	var fallback *member
@@ -184,7 +228,7 @@ func (l *Listener) nextFreeLocked(exclude Target) *member {
 	for i := 1; i <= n; i++ {
 		at := (l.cursor + i) % n
 		m := l.members[at]
-		if m.busy || m.gone {
+		if m.full() || m.gone {
 			continue
 		}
 		if exclude != nil && m.t == exclude {
@@ -213,7 +257,10 @@ func (l *Listener) liveMembersLocked() int {
 
 // join registers worker t under key and lets accepting start.
 func (l *Listener) join(t Target, key string) {
-	m := &member{t: t, key: key, qkey: ipc.Quote(key)}
+	m := &member{t: t, key: key, qkey: ipc.Quote(key), window: 1}
+	if bt, ok := t.(BatchTarget); ok && bt.Window() > 1 {
+		m.batch, m.window = bt, min(bt.Window(), ipc.MaxBatch)
+	}
 	l.mu.Lock()
 	for _, old := range l.members {
 		if old.t == t && old.key == key {
@@ -224,11 +271,10 @@ func (l *Listener) join(t Target, key string) {
 	l.members = append(l.members, m)
 	l.joined = true
 	l.rearmLocked()
-	next := l.takeQueuedLocked(m, nil)
+	var out outbox
+	l.takeQueuedLocked(m, &out)
 	l.mu.Unlock()
-	for _, h := range next {
-		l.send(h)
-	}
+	l.send(out)
 }
 
 // leave removes t's registrations (under key, or all with key == "").

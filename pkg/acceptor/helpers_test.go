@@ -154,13 +154,14 @@ func backlogLen(l *Listener) int {
 // rig is an Acceptor with one listener on 127.0.0.1:0, started, with a
 // counting observer.
 type rig struct {
-	tb   testing.TB
-	acc  *Acceptor
-	obs  *countingObserver
-	l    *Listener
-	addr string
-	port int
-	seq  int64
+	tb     testing.TB
+	window int // of the workers addWorker starts: 0, the Node protocol
+	acc    *Acceptor
+	obs    *countingObserver
+	l      *Listener
+	addr   string
+	port   int
+	seq    int64
 }
 
 func newRig(tb testing.TB, opts Options) *rig {
@@ -207,14 +208,14 @@ func (r *rig) join(t Target) Reply {
 // addWorker starts a fake worker and joins it to the listener.
 func (r *rig) addWorker(id int, decide func(n int) verdict) *fakeWorker {
 	r.tb.Helper()
-	w := startWorker(r.tb, id, decide)
+	w := startWorker(r.tb, id, r.window, decide)
 	r.join(w)
 	return w
 }
 
-func startWorker(tb testing.TB, id int, decide func(n int) verdict) *fakeWorker {
+func startWorker(tb testing.TB, id, window int, decide func(n int) verdict) *fakeWorker {
 	tb.Helper()
-	w, err := newFakeWorker(id, decide, tb.Logf)
+	w, err := newBatchWorker(id, window, decide, tb.Logf)
 	if err != nil {
 		tb.Fatalf("fake worker %d: %v", id, err)
 	}

@@ -30,6 +30,20 @@ type Target interface {
 	SendConn(quotedKey []byte, fd int, onReply ipc.ReplyFunc) error
 }
 
+// BatchTarget is a Target that may take connections in batches: a worker
+// that announced ipc.ActBatchSupported (the SDK's), not a Node one.
+type BatchTarget interface {
+	Target
+	// Window is how many connections the worker takes unanswered, per
+	// server; 1 or less: one at a time, with SendConn.
+	Window() int
+	// SendConns hands fds to the worker as one batch for the server key.
+	// onReply gets the worker's one reply (ipc.Message.Refused), or an
+	// error when the worker is gone; if SendConns returns an error, onReply
+	// is never called. The worker does not own the fds.
+	SendConns(quotedKey []byte, fds []int, onReply ipc.ReplyFunc) error
+}
+
 // Listener is one listening socket and, with round-robin scheduling, the
 // dispatcher of its connections. Accepting runs on the acceptor's event
 // loop: the socket is in the loop's epoll set (armed) exactly while a
@@ -47,7 +61,7 @@ type Listener struct {
 	members  []*member
 	cursor   int
 	queue    []*conn // waiting for a free worker, oldest first
-	inflight int     // handoffs awaiting a reply
+	inflight int     // connections handed off, awaiting a reply
 	delayed  int     // refused by every worker, waiting to be retried
 	joined   bool    // a worker has asked for it: accepting may start
 	paused   bool    // the queue is full
@@ -58,6 +72,7 @@ type Listener struct {
 	armed    bool           // src is in the epoll set
 	logger   klog.Logger
 	changed  chan struct{} // queue, inflight or delayed went down
+	out      outbox        // the event loop's, for one accept round
 
 	backoff   time.Duration  // the last accept error's; the loop's own
 	errLog    acceptErrorLog // accept error lines; under mu
@@ -66,12 +81,17 @@ type Listener struct {
 
 // member is one worker's registration on a listener under one server key.
 type member struct {
-	t    Target
-	key  string
-	qkey []byte
-	busy bool // a handoff awaits its reply
-	gone bool // removed, or its channel failed
+	t        Target
+	batch    BatchTarget // t, when it takes batches
+	key      string
+	qkey     []byte
+	window   int  // connections it may hold unanswered: 1, or its batch window
+	inflight int  // connections handed off, awaiting the reply
+	gone     bool // removed, or its channel failed
 }
+
+// full reports whether m's window is used up.
+func (m *member) full() bool { return m.inflight >= m.window }
 
 // conn is an accepted connection the master still owns.
 type conn struct {
@@ -163,30 +183,40 @@ func (l *Listener) start(ctx context.Context, loop *engine.Engine) error {
 }
 
 // onReadable accepts what the backlog holds, on the event loop, and
-// dispatches each connection, until the backlog is empty, the dispatcher
+// dispatches the connections, until the backlog is empty, the dispatcher
 // pauses (it then disarms the listener) or acceptBatch is reached (the
-// listener, level-triggered, is reported again).
+// listener, level-triggered, is reported again). The connections of one
+// round go out together: one batch per worker that takes batches.
 func (l *Listener) onReadable(uint32) bool {
+	out := l.out[:0]
+	l.acceptRound(&out)
+	l.send(out)
+	clear(out)
+	l.out = out[:0]
+	return true
+}
+
+// acceptRound accepts up to acceptBatch connections into out.
+func (l *Listener) acceptRound(out *outbox) {
 	for range acceptBatch {
 		nfd, e := accept(l.fd)
 		switch e {
 		case nil:
 		case unix.EAGAIN:
-			return true
+			return
 		case unix.EINTR, unix.ECONNABORTED, unix.EPROTO, unix.ENETDOWN, unix.ENOPROTOOPT,
 			unix.EHOSTDOWN, unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH, unix.EPERM:
 			continue // errors of that one connection (accept(2)): try the next
 		default:
 			l.acceptFailed(e, time.Now())
-			return true
+			return
 		}
 		l.backoff = 0
 		l.opts.Observer.Accepted(l.name)
-		if !l.dispatch(&conn{fd: nfd, at: time.Now()}) {
-			return true
+		if !l.dispatch(&conn{fd: nfd, at: time.Now()}, out) {
+			return
 		}
 	}
-	return true
 }
 
 // acceptFailed disarms the listener after an accept error (at now): for
@@ -320,6 +350,8 @@ func (l *Listener) stop() {
 // called after stop, when at least one worker can take them.
 func (l *Listener) acceptBacklog() int {
 	n := 0
+	var out outbox
+	defer func() { l.send(out) }()
 	for {
 		nfd, e := accept(l.fd)
 		if e == unix.EINTR || e == unix.ECONNABORTED {
@@ -330,7 +362,11 @@ func (l *Listener) acceptBacklog() int {
 		}
 		n++
 		l.opts.Observer.Accepted(l.name)
-		l.dispatch(&conn{fd: nfd, at: time.Now()})
+		l.dispatch(&conn{fd: nfd, at: time.Now()}, &out)
+		if len(out) >= 16 { // do not hold a whole backlog back
+			l.send(out)
+			out = out[:0]
+		}
 	}
 }
 

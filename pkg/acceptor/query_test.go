@@ -88,8 +88,8 @@ func TestSharedQueryReturnsListeningSocket(t *testing.T) {
 // port, and the new listener dispatches connections.
 func TestQueryBindsOnDemandOncePerKey(t *testing.T) {
 	r := newRig(t, Options{})
-	w1 := startWorker(t, 1, always(serveHTTP))
-	w2 := startWorker(t, 2, always(serveHTTP))
+	w1 := startWorker(t, 1, 0, always(serveHTTP))
+	w2 := startWorker(t, 2, 0, always(serveHTTP))
 
 	rep1 := r.acc.Query(w1, queryServer("127.0.0.1", 0, 0, 1))
 	rep2 := r.acc.Query(w2, queryServer("127.0.0.1", 0, 0, 1))

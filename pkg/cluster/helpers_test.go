@@ -71,8 +71,18 @@ func startWorker(t *testing.T) *fakeMaster {
 		t.Fatal(err)
 	}
 	m.w = w
-	m.expect(ipc.ActOnline)
+	m.expectOnline()
 	return m
+}
+
+// expectOnline expects what a worker says first: online, then that it
+// takes connections in batches.
+func (m *fakeMaster) expectOnline() {
+	m.t.Helper()
+	m.expect(ipc.ActOnline)
+	if b := m.expect(ipc.ActBatchSupported); b.Window != ipc.MaxBatch {
+		m.t.Fatalf("batch window %d, want %d", b.Window, ipc.MaxBatch)
+	}
 }
 
 // next returns the next message the master did not consume itself.
@@ -298,7 +308,7 @@ func roundTrip(t *testing.T, a, b net.Conn, msg string) {
 // replyRecorder collects the replies to handles sent by the master.
 type replyRecorder chan string
 
-func newReplyRecorder() replyRecorder { return make(replyRecorder, 64) }
+func newReplyRecorder() replyRecorder { return make(replyRecorder, 4*maxQueued) }
 
 // onReply records "<name>:accepted=<bool>" or "<name>:<error>".
 func (r replyRecorder) onReply(name string) ipc.ReplyFunc {
@@ -308,6 +318,17 @@ func (r replyRecorder) onReply(name string) ipc.ReplyFunc {
 			return
 		}
 		r <- fmt.Sprintf("%s:accepted=%t", name, reply.Accepted)
+	}
+}
+
+// onBatchReply records "<name>:refused=[i j]" or "<name>:<error>".
+func (r replyRecorder) onBatchReply(name string) ipc.ReplyFunc {
+	return func(reply *ipc.Message, err error) {
+		if err != nil {
+			r <- fmt.Sprintf("%s:%v", name, err)
+			return
+		}
+		r <- fmt.Sprintf("%s:refused=%v", name, reply.Refused)
 	}
 }
 

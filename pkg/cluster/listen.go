@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -143,8 +144,8 @@ func (w *Worker) listenerFor(network string, q query, r *ipc.Message) (net.Liste
 	}
 	l := &rrListener{
 		w: w, key: r.Key, addr: addr,
-		pending: make(chan handoff, 16),
-		closed:  make(chan struct{}),
+		ready:  make(chan struct{}, 1),
+		closed: make(chan struct{}),
 	}
 	if !w.register(r.Key, l, nil) {
 		return nil, 0, net.ErrClosed
@@ -237,58 +238,144 @@ func indexKey(q query) string {
 	return fmt.Sprintf("%s:%d:%d:%s", addr, q.Port, q.AddressType, fd)
 }
 
-type handoff struct {
-	fd  int
-	seq int64
+// batch is one handoff from the master (a newconn, or an ipc.ActConns
+// batch). The master gets one answer for it: the connections the worker
+// refused (a full queue, a closed listener) go back, the others are the
+// worker's. It is answered when Accept takes the first of its connections
+// (the accept loop is alive, and takes the rest next), at once when it
+// gives every connection back, or when the listener closes first (then
+// all of them go back). So a worker that stops calling Accept leaves its
+// handoffs unanswered, and the master, which kept its copies, gives them
+// to another worker; and a connection is never both answered and given
+// back.
+type batch struct {
+	w      *Worker
+	seq    int64
+	single bool // a newconn: answered {accepted}
+
+	// under the listener's mu
+	answered bool
+	refused  []int
 }
 
-// rrListener is fed by the master's newconn handoffs. A connection is
-// acknowledged when Accept takes it.
+// answer tells the master (taken: for a newconn, whether it was).
+func (b *batch) answer(taken bool) {
+	if b.single {
+		b.w.answer(b.seq, taken)
+	} else {
+		b.w.answerBatch(b.seq, b.refused)
+	}
+}
+
+// handoff is connection i of a batch, waiting for Accept.
+type handoff struct {
+	fd int
+	b  *batch
+	i  int
+}
+
+// maxQueued bounds the connections waiting for Accept: the master's window
+// of unanswered ones and as many answered.
+const maxQueued = 2 * ipc.MaxBatch
+
+// rrListener is fed by the master's handoffs.
 type rrListener struct {
-	w       *Worker
-	key     string
-	addr    net.Addr
-	pending chan handoff
+	w    *Worker
+	key  string
+	addr net.Addr
+	raw  func(fds []int) (taken int) // a RawServer's ServeConns, or nil
 
 	mu       sync.Mutex
+	queue    []handoff     // waiting for Accept, oldest first
+	ready    chan struct{} // a handoff was queued
 	isClosed bool
 	closed   chan struct{}
 }
 
-// deliver queues a handoff; false means refuse it (closed or full).
-func (l *rrListener) deliver(fd int, seq int64) bool {
+// deliver queues a batch's connections for Accept, or gives them to the
+// RawServer; what it cannot take (closed, or full) goes back.
+func (l *rrListener) deliver(b *batch, fds []int) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.isClosed {
-		return false
+	if l.raw != nil && !l.isClosed {
+		n := l.raw(fds)
+		for i := n; i < len(fds); i++ {
+			syscall.Close(fds[i])
+			b.refused = append(b.refused, i)
+		}
+		b.answered = true
+		l.mu.Unlock()
+		b.answer(n > 0)
+		return
+	}
+	queued := 0
+	for i, fd := range fds {
+		if l.isClosed || len(l.queue) >= maxQueued {
+			syscall.Close(fd)
+			b.refused = append(b.refused, i)
+			continue
+		}
+		l.queue = append(l.queue, handoff{fd, b, i})
+		queued++
+	}
+	b.answered = queued == 0
+	l.mu.Unlock()
+	if queued == 0 {
+		b.answer(false)
+		return
 	}
 	select {
-	case l.pending <- handoff{fd, seq}:
-		return true
+	case l.ready <- struct{}{}:
 	default:
-		return false
 	}
 }
 
 func (l *rrListener) Accept() (net.Conn, error) {
 	for {
-		select {
-		case h := <-l.pending:
+		l.mu.Lock()
+		if len(l.queue) > 0 {
+			h := l.queue[0]
+			l.queue[0] = handoff{}
+			l.queue = l.queue[1:]
+			if len(l.queue) == 0 {
+				l.queue = nil
+			}
+			first := !h.b.answered
+			h.b.answered = true
+			more := len(l.queue) > 0
+			l.mu.Unlock()
+			if more { // another Accept may be waiting
+				select {
+				case l.ready <- struct{}{}:
+				default:
+				}
+			}
+			if first {
+				h.b.answer(true)
+			}
 			f := os.NewFile(uintptr(h.fd), "conn")
 			c, err := net.FileConn(f)
 			f.Close()
-			l.w.answer(h.seq, err == nil)
 			if err == nil {
 				return c, nil
 			}
-		case <-l.closed:
+			continue // the descriptor was not a connection; it is closed
+		}
+		closed := l.isClosed
+		l.mu.Unlock()
+		if closed {
 			return nil, &net.OpError{Op: "accept", Net: l.addr.Network(), Addr: l.addr, Err: net.ErrClosed}
+		}
+		select {
+		case <-l.ready:
+		case <-l.closed:
 		}
 	}
 }
 
-// Close stops the listener: handoffs not yet accepted are refused, so the
-// master gives them to another worker, and the master is told.
+// Close stops the listener: the queued connections of handoffs not yet
+// answered go back to the master, which gives them to another worker;
+// those of answered ones are still returned by Accept, before it says the
+// listener is closed. The master is told.
 func (l *rrListener) Close() error {
 	l.mu.Lock()
 	if l.isClosed {
@@ -297,16 +384,27 @@ func (l *rrListener) Close() error {
 	}
 	l.isClosed = true
 	close(l.closed)
-	l.mu.Unlock()
-	for {
-		select {
-		case h := <-l.pending:
-			l.w.answer(h.seq, false)
-			syscall.Close(h.fd)
+	var back []*batch
+	kept := l.queue[:0]
+	for _, h := range l.queue {
+		if h.b.answered {
+			kept = append(kept, h)
 			continue
-		default:
 		}
-		break
+		syscall.Close(h.fd)
+		if !slices.Contains(back, h.b) {
+			back = append(back, h.b)
+		}
+		h.b.refused = append(h.b.refused, h.i)
+	}
+	clear(l.queue[len(kept):])
+	l.queue = kept
+	for _, b := range back {
+		b.answered = true
+	}
+	l.mu.Unlock()
+	for _, b := range back {
+		b.answer(false)
 	}
 	l.w.forget(l.key)
 	return nil

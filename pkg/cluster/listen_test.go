@@ -194,8 +194,9 @@ func TestNewConnRefused(t *testing.T) {
 		t.Errorf("reply %s, want unknown:accepted=false", got)
 	}
 
-	// 16 wait for Accept; the 17th does not fit and is refused at once.
-	const queued = 16
+	// maxQueued wait for Accept; one more does not fit and is refused at
+	// once.
+	const queued = maxQueued
 	for i := 0; i <= queued; i++ {
 		if err := m.ch.SendNewConn(ipc.Quote("k"), fd, replies.onReply(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)

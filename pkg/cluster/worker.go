@@ -117,8 +117,16 @@ func newWorker(id int, ch *ipc.Channel, exit func(int)) (*Worker, error) {
 	if err := ch.SendCluster([]byte(`{"act":"online"}`), -1, nil); err != nil {
 		return nil, fmt.Errorf("cluster: announce online: %w", err)
 	}
+	// Ask for the batched handoff (a Node primary ignores the act).
+	if err := ch.SendCluster(batchAnnounce, -1, nil); err != nil {
+		return nil, fmt.Errorf("cluster: announce batches: %w", err)
+	}
 	return w, nil
 }
+
+// batchAnnounce asks the master for connections in batches, with a window
+// of ipc.MaxBatch unanswered connections per server.
+var batchAnnounce = []byte(`{"act":"` + ipc.ActBatchSupported + `","window":` + strconv.Itoa(ipc.MaxBatch) + `}`)
 
 // ID is the worker id.
 func (w *Worker) ID() int { return w.id }
@@ -155,6 +163,8 @@ func (w *Worker) handle(m *ipc.Message) {
 	switch m.Act {
 	case ipc.ActNewConn:
 		w.onNewConn(m)
+	case ipc.ActConns:
+		w.onConns(m)
 	case ipc.ActGatherMetrics:
 		go w.replyMetrics(m.Seq)
 	case ipc.ActDrain:
@@ -177,13 +187,55 @@ func (w *Worker) onNewConn(m *ipc.Message) {
 	if m.FD < 0 {
 		return
 	}
-	w.mu.Lock()
-	l := w.servers[m.Key]
-	w.mu.Unlock()
-	if l == nil || !l.deliver(m.FD, m.Seq) {
-		w.answer(m.Seq, false)
-		syscall.Close(m.FD)
+	w.deliver(&batch{w: w, seq: m.Seq, single: true}, m.Key, []int{m.FD})
+}
+
+// onConns takes a batch of connections (ipc.ActConns).
+func (w *Worker) onConns(m *ipc.Message) {
+	b := &batch{w: w, seq: m.Seq}
+	if len(m.FDs) == 0 { // they did not arrive: give them all back
+		for i := range int(m.Count) {
+			b.refused = append(b.refused, i)
+		}
+		b.answer(false)
+		return
 	}
+	w.deliver(b, m.Key, m.FDs)
+}
+
+// deliver gives a handoff to the server of key, or back to the master.
+func (w *Worker) deliver(b *batch, key string, fds []int) {
+	w.mu.Lock()
+	l := w.servers[key]
+	w.mu.Unlock()
+	if l == nil {
+		for i, fd := range fds {
+			syscall.Close(fd)
+			b.refused = append(b.refused, i)
+		}
+		b.answer(false)
+		return
+	}
+	l.deliver(b, fds)
+}
+
+// answerBatch replies to a batch: the indexes of the connections refused.
+func (w *Worker) answerBatch(seq int64, refused []int) {
+	body := make([]byte, 0, 32+4*len(refused))
+	body = append(body, `{"ack":`...)
+	body = strconv.AppendInt(body, seq, 10)
+	if len(refused) > 0 {
+		body = append(body, `,"refused":[`...)
+		for i, r := range refused {
+			if i > 0 {
+				body = append(body, ',')
+			}
+			body = strconv.AppendInt(body, int64(r), 10)
+		}
+		body = append(body, ']')
+	}
+	body = append(body, '}')
+	_ = w.ch.SendCluster(body, -1, nil)
 }
 
 // answer replies to a newconn.

@@ -230,7 +230,7 @@ func TestOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.w = w
-	m.expect(ipc.ActOnline)
+	m.expectOnline()
 	if w.ID() != 7 {
 		t.Errorf("ID() = %d, want 7", w.ID())
 	}

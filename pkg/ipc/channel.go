@@ -38,11 +38,13 @@ type ReplyFunc func(reply *Message, err error)
 // read: Serve's goroutine, or the event loop calling ReadAvailable.
 type Handler func(*Message)
 
-// outgoing is one message line and the fd that travels with it (-1: none).
+// outgoing is one message line and the descriptors that travel with it:
+// one for a NODE_HANDLE (handle), any number for a batch of connections.
 type outgoing struct {
-	line []byte
-	fd   int
-	seq  int64 // seq of a NODE_CLUSTER request with a reply callback, or -1
+	line   []byte
+	fds    []int
+	handle bool  // a NODE_HANDLE: the peer ACKs it before the next is sent
+	seq    int64 // seq of a NODE_CLUSTER request with a reply callback, or -1
 }
 
 // Channel is one end of the IPC socketpair. Sends may be called from any
@@ -233,7 +235,10 @@ func (c *Channel) SendCluster(body []byte, fd int, onReply ReplyFunc) error {
 		line = append(line, '}')
 	}
 	line = append(line, '\n')
-	o := outgoing{line: line, fd: fd, seq: -1}
+	o := outgoing{line: line, seq: -1}
+	if fd >= 0 {
+		o.fds, o.handle = []int{fd}, true
+	}
 	if onReply != nil {
 		c.replies[seq] = pendingReply{onReply, time.Now()}
 		o.seq = seq
@@ -250,7 +255,7 @@ func (c *Channel) sendLocked(o outgoing) error {
 		c.held = append(c.held, o)
 		return nil
 	}
-	if o.fd >= 0 {
+	if o.handle {
 		c.inflight, c.retrans = &o, 0
 	}
 	err := c.writeLocked(o)
@@ -258,7 +263,7 @@ func (c *Channel) sendLocked(o outgoing) error {
 		if o.seq >= 0 {
 			delete(c.replies, o.seq)
 		}
-		if o.fd >= 0 {
+		if o.handle {
 			c.inflight = nil
 		}
 	}
@@ -283,8 +288,45 @@ func (c *Channel) SendNewConn(quotedKey []byte, fd int, onReply ReplyFunc) error
 	line = append(line, `,"seq":`...)
 	line = appendInt(line, seq)
 	line = append(line, "}}\n"...)
-	o := outgoing{line: line, fd: fd, seq: -1}
+	o := outgoing{line: line, fds: []int{fd}, handle: true, seq: -1}
 	if onReply != nil { // a nil entry would be called by end
+		c.replies[seq] = pendingReply{onReply, time.Now()}
+		o.seq = seq
+	}
+	err := c.sendLocked(o)
+	c.mu.Unlock()
+	return err
+}
+
+// SendConns sends a batch of connections, {act:"sidecar.conns", key, n},
+// with their descriptors in one sendmsg: the negotiated fast handoff (see
+// ActBatchSupported). It is not a NODE_HANDLE: no handle ACK follows, and
+// the next message goes out at once. onReply gets the worker's one reply
+// for the whole batch (Message.Refused names the connections it did not
+// take), or an error when the channel ends first. The caller keeps every
+// fd open until then. len(fds) is 1 to MaxBatch.
+func (c *Channel) SendConns(quotedKey []byte, fds []int, onReply ReplyFunc) error {
+	if len(fds) == 0 || len(fds) > MaxBatch {
+		return fmt.Errorf("ipc: a batch of %d connections (1 to %d)", len(fds), MaxBatch)
+	}
+	c.mu.Lock()
+	if c.closed {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	seq := c.seq
+	c.seq++
+	line := make([]byte, 0, 96+len(quotedKey))
+	line = append(line, `{"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":`...)
+	line = append(line, quotedKey...)
+	line = append(line, `,"n":`...)
+	line = appendInt(line, int64(len(fds)))
+	line = append(line, `,"seq":`...)
+	line = appendInt(line, seq)
+	line = append(line, "}\n"...)
+	o := outgoing{line: line, fds: fds, seq: -1}
+	if onReply != nil {
 		c.replies[seq] = pendingReply{onReply, time.Now()}
 		o.seq = seq
 	}
@@ -316,7 +358,7 @@ func (c *Channel) SendUser(v any) error {
 	if c.closed {
 		return c.err
 	}
-	return c.sendLocked(outgoing{line: append(line, '\n'), fd: -1, seq: -1})
+	return c.sendLocked(outgoing{line: append(line, '\n'), seq: -1})
 }
 
 // Quote returns s as a JSON string, for SendNewConn.
@@ -330,7 +372,7 @@ func Quote(s string) []byte {
 func (c *Channel) sendControl(line []byte) {
 	c.mu.Lock()
 	if !c.closed {
-		_ = c.writeLocked(outgoing{line: line, fd: -1, seq: -1})
+		_ = c.writeLocked(outgoing{line: line, seq: -1})
 	}
 	c.mu.Unlock()
 }
@@ -387,7 +429,7 @@ func (c *Channel) releaseHeldLocked() error {
 	for len(c.held) > 0 && c.inflight == nil {
 		o := c.held[0]
 		c.held = c.held[1:]
-		if o.fd >= 0 {
+		if o.handle {
 			c.inflight, c.retrans = &o, 0
 		}
 		if err := c.writeLocked(o); err != nil {

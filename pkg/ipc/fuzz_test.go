@@ -163,6 +163,9 @@ func feedReader(t testing.TB, data, sizes []byte, fdMask uint8, passFD int) erro
 			if m.FD >= 0 {
 				unix.Close(m.FD)
 			}
+			for _, fd := range m.FDs {
+				unix.Close(fd)
+			}
 		})
 	}()
 	var serr error
@@ -203,6 +206,9 @@ func FuzzReader(f *testing.F) {
 		{`{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"act":"x"}}` + "\n" + `"user"` + "\n" + `5` + "\n", []byte{0}, 0xff},
 		{`"a"` + "\n" + `{"cmd":"NODE_HANDLE_NACK"}` + "\n" + `{"cmd":"NODE_CLUSTER","ack":1,"accepted":tru`, []byte{7}, 0b10},
 		{"garbage\n", nil, 1},
+		{`{"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":"k","n":2,"seq":0}` + "\n" +
+			`{"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":"k","n":1,"seq":1}` + "\n", []byte{20, 60}, 0b11},
+		{`{"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":"k","n":65,"seq":0}` + "\n", nil, 1},
 		{strings.Repeat(`{"cmd":"NODE_HANDLE","msg":`, 50) + "{}" + strings.Repeat("}", 50) + "\n", []byte{9}, 0},
 	} {
 		f.Add([]byte(s.data), s.sizes, s.fdMask)
@@ -234,6 +240,9 @@ func TestReaderClosesFDs(t *testing.T) {
 		{`{"cmd":"NODE_HANDLE","msg":{"cmd":"NODE_CLUSTER","act":"newconn","seq":0}}` + "\n" + `{"cmd":"NODE_HANDLE","msg":`, 0xff},
 		{`{"cmd":"NODE_HANDLE","msg":{"cmd":"NODE_HANDLE_ACK"}}` + "\n", 0xff},
 		{`garbage` + "\n", 0xff},
+		// a batch whose descriptors did not all come, then one that did
+		{`{"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":"k","n":3,"seq":0}` + "\n" +
+			`{"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":"k","n":1,"seq":1}` + "\n", 0xff},
 	} {
 		if err := feedReader(t, []byte(in.data), []byte{10}, in.fdMask, int(null.Fd())); err != io.EOF && !errors.Is(err, ErrProtocol) {
 			t.Fatalf("%q: Serve returned %v", in.data, err)

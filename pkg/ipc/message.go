@@ -34,7 +34,19 @@ const (
 	ActGatherMetrics    = "sidecar.gather"    // master → worker: reply {ack, metrics: "<text format>"}
 	ActDrainSupported   = "sidecar.drainable" // worker → master: tell me when draining begins
 	ActDrain            = "sidecar.drain"     // master → worker: draining began; close each connection after its response
+
+	// The batched handoff. A worker that announces ActBatchSupported with a
+	// window W gets its connections as ActConns batches: one line naming n
+	// connections and their n descriptors in one sendmsg, at most W
+	// unanswered at a time, and answers each batch once with
+	// {ack, refused: [indexes it did not take]} (no refused: all taken).
+	ActBatchSupported = "sidecar.batch" // worker → master: {window: W}
+	ActConns          = "sidecar.conns" // master → worker: {key, n, seq} + n fds
 )
+
+// MaxBatch is the most connections one ActConns batch carries, and the
+// largest window a worker may announce.
+const MaxBatch = 64
 
 // MaxLineSize is the longest message line accepted; a longer one is a
 // protocol error.
@@ -84,6 +96,14 @@ type Message struct {
 	ReadableAll, WritableAll bool
 	// HandleType is the "type" of a NODE_HANDLE envelope (e.g. "net.Native").
 	HandleType string
+	// Window is an ActBatchSupported's window; Count the "n" of an
+	// ActConns batch; Refused the indexes of a batch reply's refused
+	// connections, as sent (check them against the batch).
+	Window, Count int64
+	Refused       []int64
+	// FDs are the descriptors of an ActConns batch, Count of them, or nil
+	// when they did not all arrive. The receiver owns them.
+	FDs []int
 
 	Raw json.RawMessage
 	// FD is the file descriptor that came with a NODE_HANDLE message, or -1.
@@ -123,6 +143,9 @@ type wireMessage struct {
 	WritableAll bool            `json:"writableAll"`
 	Type        string          `json:"type"`
 	Msg         json.RawMessage `json:"msg"`
+	Window      *flexInt        `json:"window"`
+	N           *flexInt        `json:"n"`
+	Refused     []flexInt       `json:"refused"`
 }
 
 // flexInt accepts a JSON number, a string holding one, or a boolean, like
@@ -259,6 +282,15 @@ func (m *Message) fill(w *wireMessage) {
 	}
 	m.Data, m.Sockname = w.Data, w.Sockname
 	m.ReadableAll, m.WritableAll = w.ReadableAll, w.WritableAll
+	if w.Window != nil {
+		m.Window = int64(*w.Window)
+	}
+	if w.N != nil {
+		m.Count = int64(*w.N)
+	}
+	for _, r := range w.Refused {
+		m.Refused = append(m.Refused, int64(r))
+	}
 }
 
 // isInternal is Node's rule: an object whose "cmd" is a string longer than
@@ -306,6 +338,7 @@ var (
 	lineHandleNack = []byte(`{"cmd":"NODE_HANDLE_NACK"}`)
 	prefixAckReply = []byte(`{"cmd":"NODE_CLUSTER","ack":`)
 	prefixNewConn  = []byte(`{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"`)
+	prefixConns    = []byte(`{"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":"`)
 )
 
 func fastDecode(line []byte, m *Message) bool {
@@ -320,7 +353,11 @@ func fastDecode(line []byte, m *Message) bool {
 	if bytes.HasPrefix(line, prefixNewConn) {
 		return fastNewConn(line, m)
 	}
-	// {"cmd":"NODE_CLUSTER","ack":A,"accepted":true|false,"seq":S}
+	if bytes.HasPrefix(line, prefixConns) {
+		return fastConns(line, m)
+	}
+	// {"cmd":"NODE_CLUSTER","ack":A,"accepted":true|false,"seq":S}, or a
+	// batch taken whole: {"cmd":"NODE_CLUSTER","ack":A,"seq":S}
 	rest, ok := bytes.CutPrefix(line, prefixAckReply)
 	if !ok {
 		return false
@@ -331,6 +368,8 @@ func fastDecode(line []byte, m *Message) bool {
 	}
 	var accepted bool
 	switch {
+	case bytes.HasPrefix(rest, []byte(`,"seq":`)):
+		rest = rest[len(`,"seq":`):]
 	case bytes.HasPrefix(rest, []byte(`,"accepted":true,"seq":`)):
 		accepted, rest = true, rest[len(`,"accepted":true,"seq":`):]
 	case bytes.HasPrefix(rest, []byte(`,"accepted":false,"seq":`)):
@@ -376,6 +415,43 @@ func fastNewConn(line []byte, m *Message) bool {
 	m.HandleType, m.handle = "net.Native", true
 	inner := line[len(`{"cmd":"NODE_HANDLE","type":"net.Native","msg":`) : len(line)-1]
 	m.Raw = append(json.RawMessage(nil), inner...)
+	return true
+}
+
+// fastConns recognises the master's batch line (what SendConns writes)
+// when its key needs no unescaping:
+// {"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":"K","n":N,"seq":S}
+func fastConns(line []byte, m *Message) bool {
+	rest := line[len(prefixConns):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return false
+	}
+	key := rest[:end]
+	for _, c := range key {
+		if c == '\\' || c < 0x20 || c >= 0x80 {
+			return false
+		}
+	}
+	rest, ok := bytes.CutPrefix(rest[end+1:], []byte(`,"n":`))
+	if !ok {
+		return false
+	}
+	n, rest, ok := cutUint(rest)
+	if !ok {
+		return false
+	}
+	rest, ok = bytes.CutPrefix(rest, []byte(`,"seq":`))
+	if !ok {
+		return false
+	}
+	seq, rest, ok := cutUint(rest)
+	if !ok || string(rest) != "}" {
+		return false
+	}
+	m.Cmd, m.Act, m.Key, m.Count = CmdCluster, ActConns, string(key), n
+	m.Seq, m.HasSeq = seq, true
+	m.Raw = append(json.RawMessage(nil), line...)
 	return true
 }
 

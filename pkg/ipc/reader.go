@@ -66,7 +66,7 @@ type reader struct {
 }
 
 func newReader(c *Channel) *reader {
-	return &reader{c: c, buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*4))}
+	return &reader{c: c, buf: make([]byte, 64<<10), oob: make([]byte, unix.CmsgSpace(4*MaxBatch))}
 }
 
 // run reads and handles lines until an error; without wait, errWouldBlock
@@ -202,6 +202,18 @@ func (r *reader) handleLine(line []byte, h Handler) error {
 		m.FD = r.fds[0]
 		r.fds = r.fds[1:]
 		r.c.sendControl(lineAck)
+	} else if m.Cmd == CmdCluster && m.Act == ActConns {
+		if m.Count < 1 || m.Count > MaxBatch {
+			return fmt.Errorf("%w: a batch of %d connections", ErrProtocol, m.Count)
+		}
+		if n := int(m.Count); len(r.fds) >= n {
+			m.FDs = append([]int(nil), r.fds[:n]...)
+			r.fds = r.fds[n:]
+		} else {
+			// Some did not arrive (MSG_CTRUNC): the batch is refused
+			// whole and the sender, who kept its copies, sends them again.
+			r.closeFDs()
+		}
 	}
 	if m.Cmd == CmdCluster && m.HasAck {
 		if fn := r.c.takeReply(m.Ack); fn != nil {

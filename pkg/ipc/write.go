@@ -21,9 +21,9 @@ func (c *Channel) writeLocked(o outgoing) error {
 		return err
 	}
 	if n < len(o.line) {
-		rest := outgoing{line: o.line[n:], fd: o.fd, seq: o.seq}
+		rest := outgoing{line: o.line[n:], fds: o.fds, seq: o.seq}
 		if n > 0 {
-			rest.fd = -1 // the fd went with the first byte
+			rest.fds = nil // the fds went with the first byte
 		}
 		c.unsent = append(c.unsent, rest)
 		if !c.flushing {
@@ -39,7 +39,7 @@ func (c *Channel) trySend(o outgoing) (int, error) {
 	var n int
 	var serr error
 	err := c.rc.Write(func(fd uintptr) bool {
-		n, serr = sendmsg(int(fd), o.line, o.fd)
+		n, serr = sendmsg(int(fd), o.line, o.fds)
 		return true
 	})
 	if err == nil {
@@ -74,7 +74,7 @@ func (c *Channel) flush() {
 		var n int
 		var serr error
 		err := rc.Write(func(fd uintptr) bool {
-			n, serr = sendmsg(int(fd), o.line, o.fd)
+			n, serr = sendmsg(int(fd), o.line, o.fds)
 			return !errors.Is(serr, unix.EAGAIN)
 		})
 		if err == nil {
@@ -87,7 +87,7 @@ func (c *Channel) flush() {
 		c.mu.Lock()
 		if len(c.unsent) > 0 {
 			if n < len(o.line) {
-				c.unsent[0] = outgoing{line: o.line[n:], fd: -1, seq: o.seq}
+				c.unsent[0] = outgoing{line: o.line[n:], seq: o.seq}
 			} else {
 				c.unsent = c.unsent[1:]
 			}
@@ -133,10 +133,10 @@ func (c *Channel) waitConn() (syscall.RawConn, func(), error) {
 	return rc, release, nil
 }
 
-func sendmsg(fd int, line []byte, passFD int) (int, error) {
+func sendmsg(fd int, line []byte, fds []int) (int, error) {
 	var oob []byte
-	if passFD >= 0 {
-		oob = unix.UnixRights(passFD)
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
 	}
 	return unix.SendmsgN(fd, line, oob, nil, unix.MSG_NOSIGNAL)
 }

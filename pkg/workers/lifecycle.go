@@ -44,6 +44,11 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 	case ipc.ActMetricsSupported:
 		w.metrics = true
 		w.logger.V(2).Info("Worker serves its own metrics")
+	case ipc.ActBatchSupported:
+		if m.Window > 1 && w.Window() == 0 {
+			w.window.Store(int32(min(m.Window, ipc.MaxBatch)))
+			w.logger.V(2).Info("Worker takes connections in batches", "window", w.Window())
+		}
 	case ipc.ActDrainSupported:
 		w.drainable = true
 		s.tellDraining(w)

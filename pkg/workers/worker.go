@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -71,6 +72,9 @@ type Worker struct {
 	// until it listens.
 	candidate bool
 	timers    []*time.Timer
+	// window: the batch window the worker announced (ipc.ActBatchSupported);
+	// 0 for a Node worker. Read by the acceptor.
+	window atomic.Int32
 }
 
 // ID is the worker's id: 1, 2, 3 … never reused.
@@ -85,6 +89,16 @@ func (w *Worker) Pid() int { return w.pid }
 // SendConn hands an accepted connection to the worker (see acceptor.Target).
 func (w *Worker) SendConn(quotedKey []byte, fd int, onReply ipc.ReplyFunc) error {
 	return w.ch.SendNewConn(quotedKey, fd, onReply)
+}
+
+// Window is the worker's batch window (see acceptor.BatchTarget): 0 unless
+// it announced one.
+func (w *Worker) Window() int { return int(w.window.Load()) }
+
+// SendConns hands a batch of connections to the worker (see
+// acceptor.BatchTarget).
+func (w *Worker) SendConns(quotedKey []byte, fds []int, onReply ipc.ReplyFunc) error {
+	return w.ch.SendConns(quotedKey, fds, onReply)
 }
 
 func (w *Worker) after(d time.Duration, f func()) {
