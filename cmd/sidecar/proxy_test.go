@@ -13,15 +13,23 @@ import (
 )
 
 // TestProxyWorkers: with --upstream, the two built-in workers proxy to an
-// upstream this test runs, and their metrics reach the master's /metrics
-// labelled by slot.
+// upstream this test runs (the client's address in X-Forwarded-For), and
+// their metrics reach the master's /metrics labelled by slot; with the
+// connections handed off (rr) and accepted by the workers' event loops on
+// the shared socket.
 func TestProxyWorkers(t *testing.T) {
+	for _, schedule := range []string{"rr", "shared"} {
+		t.Run(schedule, func(t *testing.T) { testProxyWorkers(t, schedule) })
+	}
+}
+
+func testProxyWorkers(t *testing.T, schedule string) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Sidecar-Worker", "upstream") // get() reports this header
 		io.WriteString(w, "upstream "+r.URL.Path+" for "+r.Header.Get("X-Forwarded-For"))
 	}))
 	defer up.Close()
-	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--upstream", up.URL)
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--workers", "2", "--schedule", schedule, "--upstream", up.URL)
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
 	admin := adminRE.FindStringSubmatch(m.waitLine(`"Admin server listening"`, 10*time.Second))[1]
 	const n = 10

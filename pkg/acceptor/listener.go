@@ -311,9 +311,11 @@ func (l *Listener) rearmLocked() {
 
 // accept is accept4(2) without the peer's address: unix.Accept4 decodes
 // it, which costs an allocation and a getsockopt(SO_PROTOCOL) per
-// connection, and the address is not used.
+// connection, and the address is not used. The connection is
+// non-blocking, as every worker wants it (the flag belongs to the shared
+// file description): a worker's event loop takes it as it comes.
 func accept(fd int) (int, error) {
-	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
 	if e != 0 {
 		return -1, e
 	}

@@ -74,6 +74,12 @@ type query struct {
 // "tcp4", "tcp6", "unix" and "fd" (address is an inherited descriptor number
 // the master listens on). An empty host means every address.
 func (w *Worker) Listen(network, address string) (net.Listener, error) {
+	return w.listen(network, address, nil)
+}
+
+// listen is Listen; with raw, the connections (or the shared listening
+// socket) go straight to raw, and the listener returned only closes.
+func (w *Worker) listen(network, address string, raw RawServer) (net.Listener, error) {
 	q, err := makeQuery(network, address)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
@@ -99,7 +105,7 @@ func (w *Worker) Listen(network, address string) (net.Listener, error) {
 		}
 		return nil, &net.OpError{Op: "listen", Net: network, Err: os.NewSyscallError("bind", syscall.Errno(-r.Errno))}
 	}
-	l, port, err := w.listenerFor(network, q, r)
+	l, port, err := w.listenerFor(network, q, r, raw)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
@@ -113,8 +119,11 @@ func (w *Worker) Listen(network, address string) (net.Listener, error) {
 
 // listenerFor makes the listener a queryServer reply describes and returns
 // the port to report as listening.
-func (w *Worker) listenerFor(network string, q query, r *ipc.Message) (net.Listener, int, error) {
+func (w *Worker) listenerFor(network string, q query, r *ipc.Message, raw RawServer) (net.Listener, int, error) {
 	port := q.Port
+	if r.FD >= 0 && raw != nil {
+		return w.rawSharedFor(r, raw)
+	}
 	if r.FD >= 0 { // shared: the listening socket itself
 		f := os.NewFile(uintptr(r.FD), "shared-listener")
 		ln, err := net.FileListener(f)
@@ -147,6 +156,9 @@ func (w *Worker) listenerFor(network string, q query, r *ipc.Message) (net.Liste
 		ready:  make(chan struct{}, 1),
 		closed: make(chan struct{}),
 	}
+	if raw != nil {
+		l.raw = raw.TakeConns
+	}
 	if !w.register(r.Key, l, nil) {
 		return nil, 0, net.ErrClosed
 	}
@@ -156,7 +168,7 @@ func (w *Worker) listenerFor(network string, q query, r *ipc.Message) (net.Liste
 // register records a new listener so that a disconnect closes it, unless
 // the disconnect has already begun (it came while Listen waited for its
 // reply): then it reports false and the listener must not be used.
-func (w *Worker) register(key string, rr *rrListener, sl *sharedListener) bool {
+func (w *Worker) register(key string, rr *rrListener, sl net.Listener) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.disconnecting {
@@ -425,6 +437,66 @@ func (l *sharedListener) Close() error {
 	l.once.Do(func() { l.w.forget(l.key) })
 	return err
 }
+
+// rawSharedFor gives the shared listening socket of a queryServer reply to
+// raw, which accepts on it itself, and returns what closes the server.
+func (w *Worker) rawSharedFor(r *ipc.Message, raw RawServer) (net.Listener, int, error) {
+	fd := r.FD
+	sa, err := syscall.Getsockname(fd)
+	if err == nil {
+		err = syscall.SetNonblock(fd, true)
+	}
+	if err != nil {
+		syscall.Close(fd)
+		return nil, 0, err
+	}
+	l := &rawShared{w: w, key: r.Key, closed: make(chan struct{})}
+	port := 0
+	switch a := sa.(type) {
+	case *syscall.SockaddrInet4:
+		l.addr, port = &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, a.Port
+	case *syscall.SockaddrInet6:
+		l.addr, port = &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}, a.Port
+	case *syscall.SockaddrUnix:
+		l.addr = &net.UnixAddr{Name: a.Name, Net: "unix"}
+	default:
+		l.addr = &net.UnixAddr{Name: "fd", Net: "fd"}
+	}
+	if !w.register(r.Key, nil, l) {
+		syscall.Close(fd)
+		return nil, 0, net.ErrClosed
+	}
+	if err := raw.TakeListener(fd); err != nil { // it closed fd
+		l.Close()
+		return nil, 0, err
+	}
+	return l, port, nil
+}
+
+// rawShared stands for a shared listening socket a RawServer accepts on:
+// closing it tells the master; the server stops accepting at its Shutdown.
+type rawShared struct {
+	w      *Worker
+	key    string
+	addr   net.Addr
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (l *rawShared) Accept() (net.Conn, error) {
+	<-l.closed
+	return nil, &net.OpError{Op: "accept", Net: l.addr.Network(), Addr: l.addr, Err: net.ErrClosed}
+}
+
+func (l *rawShared) Close() error {
+	l.once.Do(func() {
+		close(l.closed)
+		l.w.forget(l.key)
+	})
+	return nil
+}
+
+func (l *rawShared) Addr() net.Addr { return l.addr }
 
 // forget drops a closed server and tells the master.
 func (w *Worker) forget(key string) {

@@ -17,16 +17,38 @@ type Server interface {
 	Shutdown(ctx context.Context) error
 }
 
+// RawServer is a Server with an event loop of its own (sidecar's proxy
+// worker): ServeUntilDisconnect gives it connections as descriptors,
+// straight from the master's handoff, never through Go's poller, and
+// under --schedule shared the listening socket itself. Its Serve is not
+// called.
+type RawServer interface {
+	Server
+	// TakeConns takes connections the master handed off, non-blocking
+	// descriptors: it owns fds[:n] from then on and returns n; fds[n:] go
+	// back to the master (the SDK closes them). It runs on the worker's
+	// channel reader: it must not block.
+	TakeConns(fds []int) (n int)
+	// TakeListener takes a listening socket the workers share (non-blocking)
+	// to accept on itself until Shutdown. It owns fd, and closes it on
+	// error.
+	TakeListener(fd int) error
+}
+
 // ListenAddress listens on an address as the master names its listeners:
 // "host:port", "unix:/path" or "fd:N".
 func (w *Worker) ListenAddress(a string) (net.Listener, error) {
+	return w.listenAddress(a, nil)
+}
+
+func (w *Worker) listenAddress(a string, raw RawServer) (net.Listener, error) {
 	switch {
 	case strings.HasPrefix(a, "unix:"):
-		return w.Listen("unix", strings.TrimPrefix(a, "unix:"))
+		return w.listen("unix", strings.TrimPrefix(a, "unix:"), raw)
 	case strings.HasPrefix(a, "fd:"):
-		return w.Listen("fd", strings.TrimPrefix(a, "fd:"))
+		return w.listen("fd", strings.TrimPrefix(a, "fd:"), raw)
 	}
-	return w.Listen("tcp", a)
+	return w.listen("tcp", a, raw)
 }
 
 // ServeUntilDisconnect serves srv on every address (see ListenAddress)
@@ -53,13 +75,16 @@ func (w *Worker) ServeUntilDisconnect(srv Server, addresses []string) error {
 		srv.Shutdown(context.Background())
 		close(drained)
 	})
+	raw, _ := srv.(RawServer)
 	served := make(chan error, len(addresses))
 	for _, a := range addresses {
-		ln, err := w.ListenAddress(a)
+		ln, err := w.listenAddress(a, raw)
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", a, err)
 		}
-		go func() { served <- srv.Serve(ln) }()
+		if raw == nil {
+			go func() { served <- srv.Serve(ln) }()
+		}
 	}
 	select {
 	case err := <-served:

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"sync"
@@ -31,7 +32,7 @@ type Worker struct {
 
 	mu             sync.Mutex
 	servers        map[string]*rrListener
-	shared         map[string]*sharedListener
+	shared         map[string]net.Listener
 	indexes        map[string]int
 	onMessage      []func(json.RawMessage)
 	onDisconnect   []func()
@@ -107,7 +108,7 @@ func newWorker(id int, ch *ipc.Channel, exit func(int)) (*Worker, error) {
 	w := &Worker{
 		id: id, ch: ch, exit: exit,
 		servers:      make(map[string]*rrListener),
-		shared:       make(map[string]*sharedListener),
+		shared:       make(map[string]net.Listener),
 		indexes:      make(map[string]int),
 		draining:     make(chan struct{}),
 		disconnected: make(chan struct{}),

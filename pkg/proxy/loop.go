@@ -55,8 +55,9 @@ const (
 	msgClient   = iota // a new client connection: fd, ip
 	msgDialed          // an upstream connection for c (or the dial error)
 	msgDrain           // close every client after its next response
-	msgShutdown        // drain, and close clients idle for cluster.DrainGrace
+	msgShutdown        // stop accepting (then ack), drain, and close clients idle for cluster.DrainGrace
 	msgClose           // close everything and return
+	msgListener        // a shared listening socket to accept on: fd
 )
 
 type loopMsg struct {
@@ -66,6 +67,7 @@ type loopMsg struct {
 	c    *loopClient
 	gen  uint64 // which dial of c
 	err  error
+	ack  chan struct{} // msgShutdown: closed once the loop accepts no more
 }
 
 // loopItem is a client or upstream connection in the epoll set.
@@ -85,20 +87,21 @@ type loop struct {
 	ended bool // run returned: post closes what it is given
 
 	// the loop's own
-	items    []loopItem // by token index
-	gens     []uint32   // by token index: bumped when an index is reused
-	free     []uint32   // free indexes
-	clients  map[*loopClient]struct{}
-	idle     []*loopUp // idle upstream connections, most recent last
-	bufs     [][]byte  // free buffers
-	bufsLow  int       // the fewest free buffers since the last trim
-	scratch  []byte    // where lingering connections' bytes are read and dropped
-	later    []*loopClient
-	now      time.Time
-	nextTick time.Time
-	nextDial uint64
-	draining bool // every client is closed after its next response
-	shutting bool // and closed once idle for cluster.DrainGrace; no upstream pooling
+	items     []loopItem // by token index
+	gens      []uint32   // by token index: bumped when an index is reused
+	free      []uint32   // free indexes
+	clients   map[*loopClient]struct{}
+	idle      []*loopUp // idle upstream connections, most recent last
+	bufs      [][]byte  // free buffers
+	bufsLow   int       // the fewest free buffers since the last trim
+	scratch   []byte    // where lingering connections' bytes are read and dropped
+	later     []*loopClient
+	listeners []*loopListener
+	now       time.Time
+	nextTick  time.Time
+	nextDial  uint64
+	draining  bool // every client is closed after its next response
+	shutting  bool // and closed once idle for cluster.DrainGrace; no upstream pooling
 }
 
 // newLoop creates the loop; run serves it.
@@ -165,7 +168,7 @@ func (l *loop) run() {
 	l.now = lastYield
 	for {
 		timeout := -1
-		if len(l.clients) > 0 || len(l.idle) > 0 {
+		if len(l.clients) > 0 || len(l.idle) > 0 || len(l.listeners) > 0 {
 			if l.nextTick.IsZero() {
 				l.nextTick = l.now.Add(l.tick)
 			}
@@ -224,12 +227,34 @@ func (l *loop) end() {
 
 // discard closes the descriptor of a message the loop will not handle.
 func (l *loop) discard(m loopMsg) {
-	if m.kind == msgClient || m.kind == msgDialed && m.err == nil {
+	if m.kind == msgClient || m.kind == msgListener || m.kind == msgDialed && m.err == nil {
 		unix.Close(m.fd)
 		if m.kind == msgClient {
 			l.s.loopConnClosed()
 		}
 	}
+	if m.ack != nil {
+		close(m.ack)
+	}
+}
+
+// postClients gives the loop new client connections, counted in, with
+// one wake-up; false (and nothing taken) once the loop has ended.
+func (l *loop) postClients(fds []int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return false
+	}
+	for _, fd := range fds {
+		l.inbox = append(l.inbox, loopMsg{kind: msgClient, fd: fd})
+	}
+	if !l.woken {
+		l.woken = true
+		var one = [8]byte{1}
+		unix.Write(l.wakefd, one[:])
+	}
+	return true
 }
 
 // runLater runs the clients that finished a response and may have another
@@ -260,7 +285,11 @@ func (l *loop) drainInbox() (stop bool) {
 			l.dialed(m)
 		case msgDrain:
 			l.draining = true
+		case msgListener:
+			l.addListener(m.fd)
 		case msgShutdown:
+			l.closeListeners()
+			close(m.ack)
 			l.draining, l.shutting = true, true
 			l.closeIdleClients()
 		case msgClose:
@@ -287,8 +316,10 @@ func (l *loop) closeIdleClients() {
 	}
 }
 
-// closeAll closes every client and upstream connection.
+// closeAll closes every client and upstream connection, and stops
+// accepting.
 func (l *loop) closeAll() {
+	l.closeListeners()
 	l.draining, l.shutting = true, true
 	for c := range l.clients {
 		c.close()
@@ -309,6 +340,7 @@ func (l *loop) sweep() {
 	if l.shutting {
 		l.closeIdleClients()
 	}
+	l.resumeListeners()
 	i := 0
 	for i < len(l.idle) && l.now.Sub(l.idle[i].idleSince) >= l.p.cfg.UpstreamIdleTimeout {
 		l.closeUp(l.idle[i])
@@ -320,6 +352,11 @@ func (l *loop) sweep() {
 
 // register adds fd to the epoll set (edge-triggered) as item.
 func (l *loop) register(fd int, item loopItem) (uint64, error) {
+	return l.registerEvents(fd, item, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
+}
+
+// registerEvents adds fd to the epoll set as item, for events.
+func (l *loop) registerEvents(fd int, item loopItem, events uint32) (uint64, error) {
 	var idx uint32
 	if n := len(l.free); n > 0 {
 		idx = l.free[n-1]
@@ -331,7 +368,7 @@ func (l *loop) register(fd int, item loopItem) (uint64, error) {
 	}
 	l.items[idx] = item
 	tok := uint64(idx) | uint64(l.gens[idx])<<32
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET}
+	ev := unix.EpollEvent{Events: events}
 	ev.Fd, ev.Pad = int32(uint32(tok)), int32(uint32(tok>>32))
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.release(tok)

@@ -85,6 +85,9 @@ type loopClient struct {
 // it is served even if the loop is shutting down meanwhile, until it has
 // been idle for cluster.DrainGrace).
 func (l *loop) addClient(fd int, ip string) {
+	if ip == "" { // handed off by the master: ask the socket
+		ip = peerIP(fd)
+	}
 	c := &loopClient{l: l, fd: fd, readiness: readiness{readable: true, writable: true}}
 	c.h = heads{p: l.p, ip: ip}
 	tok, err := l.register(fd, c)

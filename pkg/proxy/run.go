@@ -50,8 +50,22 @@ func newFrontend(cfg Config, reg prometheus.Registerer) (frontend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &httpFrontend{Service: p.NewService(), proxy: p}, nil
+	f := &httpFrontend{Service: p.NewService(), proxy: p}
+	if s, ok := f.Service.(*server); ok {
+		return &loopFrontend{httpFrontend: f, s: s}, nil
+	}
+	return f, nil
 }
+
+// loopFrontend is the event loop's frontend: a cluster.RawServer, so that
+// connections reach the loop without passing through Go's poller.
+type loopFrontend struct {
+	*httpFrontend
+	s *server
+}
+
+func (f *loopFrontend) TakeConns(fds []int) int   { return f.s.TakeConns(fds) }
+func (f *loopFrontend) TakeListener(fd int) error { return f.s.TakeListener(fd) }
 
 // httpFrontend is the HTTP proxy's service (the fast path, or
 // ReverseProxy); its Shutdown also waits for upgraded connections and

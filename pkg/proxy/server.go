@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/sidecar-project/sidecar/pkg/cluster"
@@ -112,8 +113,7 @@ func (s *server) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
-		s.running.Add(1) // before Shutdown waits for it: it waits for Serve first
-		s.p.metrics.active.Inc()
+		s.counted(1) // before Shutdown waits for it: it waits for Serve first
 		if _, ok := c.(syscall.Conn); !ok || !s.loop.running() {
 			go s.handOver(c, nil)
 			continue
@@ -135,6 +135,42 @@ func (s *server) toLoop(c net.Conn) {
 		return
 	}
 	s.loop.post(loopMsg{kind: msgClient, fd: fd, ip: ip})
+}
+
+// TakeConns takes connections the master handed off straight into the
+// loop (cluster.RawServer); none once the server shuts down.
+func (s *server) TakeConns(fds []int) int {
+	s.mu.Lock()
+	if s.shutting.Load() {
+		s.mu.Unlock()
+		return 0
+	}
+	s.counted(len(fds))
+	s.mu.Unlock()
+	if !s.loop.postClients(fds) {
+		for range fds {
+			s.loopConnClosed()
+		}
+		return 0
+	}
+	return len(fds)
+}
+
+// TakeListener has the loop accept on a listening socket the workers
+// share (cluster.RawServer), until Shutdown.
+func (s *server) TakeListener(fd int) error {
+	if !s.loop.running() {
+		unix.Close(fd)
+		return net.ErrClosed
+	}
+	s.loop.post(loopMsg{kind: msgListener, fd: fd})
+	return nil
+}
+
+// counted counts n new connections in.
+func (s *server) counted(n int) {
+	s.running.Add(n)
+	s.p.metrics.active.Add(float64(n))
 }
 
 // loopConnClosed is called once a connection counted in is closed or has
@@ -186,8 +222,17 @@ func (s *server) Drain() {
 // bounds the wait.
 func (s *server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
-	s.loop.post(loopMsg{kind: msgShutdown})
-	err := wait(ctx, &s.serving)
+	accepting := make(chan struct{})
+	s.loop.post(loopMsg{kind: msgShutdown, ack: accepting})
+	var err error
+	select { // the loop counts in what it accepts until then
+	case <-accepting:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err == nil {
+		err = wait(ctx, &s.serving)
+	}
 	if err == nil {
 		err = wait(ctx, &s.running)
 	}
