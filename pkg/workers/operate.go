@@ -108,11 +108,41 @@ func (s *Supervisor) rollSwap(w *Worker) {
 		sl.respawnTimer = nil
 	}
 	if old != nil {
-		w.logger.Info("Rolled slot: the new worker listens; disconnecting the old one", "old", old.id)
-		s.disconnect(old, s.cfg.DisconnectTimeout, 0)
+		w.logger.Info("Rolled slot: the new worker listens; retiring the old one", "old", old.id)
+		s.retire(old)
 	}
 	r.next = w.slot + 1
 	s.rollNext()
+}
+
+// retireGrace is how long a retiring Node worker that asked to hear of
+// drains (its user-message opt-in) goes on serving its keep-alive
+// clients, each response closing its connection, before it is
+// disconnected: Node's disconnect closes idle keep-alive connections at
+// once, under a request a client may be sending. It is the SDK's own
+// cluster.DrainGrace.
+const retireGrace = time.Second
+
+// retire takes a worker out of the pool on purpose (a rolled slot's old
+// worker, a removed slot's): it is disconnected, and exits voluntarily. A
+// Node worker that opted in to drains gets no new connections, is told to
+// drain and is disconnected retireGrace later; the others drain by
+// themselves once disconnected (the SDK's, with cluster.DrainGrace).
+func (s *Supervisor) retire(w *Worker) {
+	if !w.drainable || !w.userDrain || w.drained || w.state >= Disconnecting {
+		s.disconnect(w, s.cfg.DisconnectTimeout, 0)
+		return
+	}
+	w.voluntary = true
+	s.reg.Remove(w)
+	w.drained = true
+	if err := w.ch.SendUser(map[string]string{"sidecar": "drain"}); err != nil {
+		w.logger.V(2).Info("Cannot tell the worker to drain", "err", err)
+	}
+	w.logger.Info("Draining the worker before disconnecting it", "grace", retireGrace)
+	w.after(retireGrace, func() {
+		s.post(timerEvent{w, func(w *Worker) { s.disconnect(w, s.cfg.DisconnectTimeout, 0) }})
+	})
 }
 
 // rollFailed: a roll's new worker exited before it listened (it crashed,
@@ -187,7 +217,7 @@ func (s *Supervisor) scale(n int) {
 		}
 		if w := sl.worker; w != nil {
 			sl.worker = nil
-			s.disconnect(w, s.cfg.DisconnectTimeout, 0)
+			s.retire(w)
 		}
 		s.cfg.Observer.SlotRemoved(i)
 	}
