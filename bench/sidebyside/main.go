@@ -7,6 +7,8 @@
 //
 //	go run ./bench/sidebyside                 # 2 workers, 5 s per mode
 //	go run ./bench/sidebyside -workers 2,8    # also 8 workers
+//	go run ./bench/sidebyside -proxy          # sidecar --upstream vs nginx and HAProxy
+//	go run ./bench/sidebyside -roll           # rolling restarts under load: sidecar, PM2, nginx
 package main
 
 import (
@@ -43,6 +45,12 @@ type options struct {
 	proxy       bool  // the proxy scenario instead of the cluster setups
 	proxyConns  []int // wrk -c values for the proxy scenario
 	proxyUpload bool  // the proxy setups also in uploadMode
+	roll        bool  // the rolling-restart scenario instead
+	rollCount   int   // rolls per mode
+	rollSteady  time.Duration
+	rollTail    time.Duration
+	rollTimeout time.Duration // deadline of one roll
+	pm2         string        // the pm2 command, if not found by itself
 }
 
 func main() {
@@ -91,6 +99,12 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.proxy, "proxy", false, "run the proxy scenario: a Go hello upstream behind sidecar --upstream, nginx, HAProxy, and direct (wrk keep-alive: GETs, and chunked uploads with -proxy-upload)")
 	proxyConns := fs.String("proxy-conns", "50", "comma-separated wrk -c values for the proxy scenario, e.g. 50,200")
 	fs.BoolVar(&o.proxyUpload, "proxy-upload", true, "proxy setups: also the upload mode, keep-alive POST /upload with a 4 KiB body sent chunked (3000 + 1096 bytes)")
+	fs.BoolVar(&o.roll, "roll", false, "run the rolling-restart scenario: -roll-count rolls of the workers back to back under wrk load (close, then keep-alive) for sidecar (SIGHUP; a --config change for the proxy), PM2 (pm2 reload) and nginx (reload); uses -workers, -conns, -threads")
+	fs.IntVar(&o.rollCount, "roll-count", 10, "-roll: rolls per mode")
+	fs.DurationVar(&o.rollSteady, "roll-steady", 3*time.Second, "-roll: the steady window before the first roll (after 0.5 s of ramp-up)")
+	fs.DurationVar(&o.rollTail, "roll-tail", time.Second, "-roll: how long wrk runs on after the last roll")
+	fs.DurationVar(&o.rollTimeout, "roll-timeout", 30*time.Second, "-roll: deadline of one roll")
+	fs.StringVar(&o.pm2, "pm2", "", "-roll: the pm2 command (default bench/tools/pm2/node_modules/.bin/pm2, then pm2 on PATH)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -115,6 +129,9 @@ func parseOptions(args []string) (*options, error) {
 	if o.duration < time.Second || o.threads < 1 || o.conns < o.threads {
 		return nil, errors.New("need -duration >= 1s, -threads >= 1 and -conns >= -threads")
 	}
+	if o.roll && (o.proxy || o.rollCount < 1 || o.rollSteady < 100*time.Millisecond || o.rollTail < 0 || o.rollTimeout <= 0) {
+		return nil, errors.New("-roll: not with -proxy; need -roll-count >= 1, -roll-steady >= 100ms, -roll-tail >= 0 and -roll-timeout > 0")
+	}
 	return o, nil
 }
 
@@ -137,7 +154,10 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	env.extra = o.extra
+	env.extra, env.root = o.extra, root
+	if o.roll {
+		return runRoll(ctx, env, o)
+	}
 	machine := describeMachine(o) + "; sidecar built from " + env.built
 	if len(o.extra) > 0 {
 		machine += ", run with " + strings.Join(o.extra, " ")

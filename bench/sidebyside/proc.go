@@ -18,18 +18,31 @@ import (
 )
 
 // markers are what a master's log says when its port is known, a worker
-// listens, and a worker exits.
+// listens, a worker exits, and (sidecar, for -roll) where its admin server
+// listens and when a rolling restart ends.
 type markers struct {
 	port      *regexp.Regexp // first submatch is the port
 	listening string
-	incidents []string // a worker exited or lost its channel
+	incidents []string       // a worker exited or lost its channel (not on purpose: see voluntary)
+	admin     *regexp.Regexp // first submatch is the admin server's host:port
+	rollStart string
+	rollDone  string
+	rollAbort string
 }
+
+// voluntary marks an incident line that is a worker leaving on purpose
+// (disconnected by a rolling restart): not counted.
+const voluntary = `reason="voluntary"`
 
 var (
 	sidecarMarkers = markers{
 		port:      regexp.MustCompile(`"Listening" .*address="127\.0\.0\.1:(\d+)"`),
 		listening: `"Worker listening"`,
 		incidents: []string{`"Worker exited"`, `"Worker closed its channel"`},
+		admin:     regexp.MustCompile(`"Admin server listening" address="([^"]+)"`),
+		rollStart: `"Rolling restart" why=`,
+		rollDone:  `"Rolling restart done"`,
+		rollAbort: `"Rolling restart aborted`,
 	}
 	nodeMarkers = markers{listening: "BENCH listening", incidents: []string{"BENCH worker"}}
 )
@@ -47,6 +60,11 @@ type proc struct {
 	exits     int
 	tail      []string
 	stopping  bool
+	admin     string        // the admin server's host:port, if the log named it
+	rollBegan time.Duration // CLOCK_MONOTONIC when the log last said a rolling restart began
+	rolled    int           // rolling restarts done, by the log
+	aborted   int           // rolling restarts aborted
+	rollEvent chan struct{} // poked (without blocking) when rolled or aborted grows
 }
 
 // startProc starts argv in a new process group; port is the port if the
@@ -71,7 +89,7 @@ func startProc(argv, env []string, logPath string, m markers, port int) (*proc, 
 		logf.Close()
 		return nil, err
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{}), port: port}
+	p := &proc{cmd: cmd, done: make(chan struct{}), port: port, rollEvent: make(chan struct{}, 1)}
 	go p.watch(r, logf, m)
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	return p, nil
@@ -105,8 +123,30 @@ func (p *proc) note(line string, m markers) {
 		p.listening++
 	}
 	for _, s := range m.incidents {
-		if strings.Contains(line, s) && !p.stopping {
+		if strings.Contains(line, s) && !p.stopping && !strings.Contains(line, voluntary) {
 			p.exits++
+		}
+	}
+	if m.admin != nil && p.admin == "" {
+		if sm := m.admin.FindStringSubmatch(line); sm != nil {
+			p.admin = sm[1]
+		}
+	}
+	if m.rollStart != "" && strings.Contains(line, m.rollStart) {
+		p.rollBegan = monoNow()
+	}
+	rolled := m.rollDone != "" && strings.Contains(line, m.rollDone)
+	aborted := m.rollAbort != "" && strings.Contains(line, m.rollAbort)
+	if rolled {
+		p.rolled++
+	}
+	if aborted {
+		p.aborted++
+	}
+	if rolled || aborted {
+		select {
+		case p.rollEvent <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -147,6 +187,48 @@ func (p *proc) waitReady(ctx context.Context, n int, limit time.Duration) (int, 
 			return 0, fmt.Errorf("not serving within %v (port %d, %d of %d workers listening): %w; log tail:\n%s",
 				limit, port, listening, n, ctx.Err(), p.logTail())
 		case <-tick.C:
+		}
+	}
+}
+
+// rollCounts is how many rolling restarts the log has said are done and
+// aborted so far.
+func (p *proc) rollCounts() (rolled, aborted int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rolled, p.aborted
+}
+
+// lastRollBegan is when (CLOCK_MONOTONIC) the harness read the log line
+// of the last rolling restart's start, 0 if none.
+func (p *proc) lastRollBegan() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rollBegan
+}
+
+// waitRoll waits, at most limit, until the log says one more rolling
+// restart is done than rolled (what rollCounts said before it began):
+// an abort, the master exiting or the deadline is an error.
+func (p *proc) waitRoll(ctx context.Context, rolled, aborted int, limit time.Duration) error {
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	for {
+		r, a := p.rollCounts()
+		switch {
+		case a > aborted:
+			return fmt.Errorf("the rolling restart was aborted; log tail:\n%s", p.logTail())
+		case r > rolled:
+			return nil
+		}
+		select {
+		case <-p.rollEvent:
+		case <-p.done:
+			return fmt.Errorf("the master exited during a rolling restart (%v); log tail:\n%s", p.err, p.logTail())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			return fmt.Errorf("no \"Rolling restart done\" within %v; log tail:\n%s", limit, p.logTail())
 		}
 	}
 }

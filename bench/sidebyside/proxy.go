@@ -95,21 +95,31 @@ var upstreamMarkers = markers{
 // startUpstream re-executes this binary as the upstream and waits until it
 // answers.
 func (e *benchEnv) startUpstream(ctx context.Context, o *options) error {
-	self, err := os.Executable()
+	p, port, err := e.launchUpstream(ctx, o, "upstream.log")
 	if err != nil {
 		return err
 	}
-	p, err := startProc([]string{self, serveUpstreamArg}, cleanEnv(), filepath.Join(e.logs, "upstream.log"), upstreamMarkers, 0)
+	e.upstream, e.upstreamPort = p, port
+	return nil
+}
+
+// launchUpstream starts one more upstream, logging to logName in the logs
+// directory, and returns it once it answers.
+func (e *benchEnv) launchUpstream(ctx context.Context, o *options, logName string) (*proc, int, error) {
+	self, err := os.Executable()
 	if err != nil {
-		return err
+		return nil, 0, err
+	}
+	p, err := startProc([]string{self, serveUpstreamArg}, cleanEnv(), filepath.Join(e.logs, logName), upstreamMarkers, 0)
+	if err != nil {
+		return nil, 0, err
 	}
 	port, err := p.waitReady(ctx, 1, o.startLimit)
 	if err != nil {
 		p.stop(5e9)
-		return fmt.Errorf("upstream: %w", err)
+		return nil, 0, fmt.Errorf("upstream: %w", err)
 	}
-	e.upstream, e.upstreamPort = p, port
-	return nil
+	return p, port, nil
 }
 
 // neverMarkers are for proxies whose port the harness chooses and whose

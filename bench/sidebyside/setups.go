@@ -69,6 +69,11 @@ type benchEnv struct {
 	haproxy      string
 	upstream     *proc // the proxy scenario's hello upstream, once started
 	upstreamPort int
+
+	root          string // the module's root directory
+	pm2           string // for the roll scenario's roll-pm2
+	upstream2     *proc  // the roll scenario's second upstream (the proxies switch between the two)
+	upstream2Port int
 }
 
 // prepare builds sidecar (from the working tree, or from git revision rev)

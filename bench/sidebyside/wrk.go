@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -51,6 +53,8 @@ type wrkRun struct {
 	errors   wrkErrors
 	counts   map[string]int // responses per X-Sidecar-Worker
 	bodies   map[string]int // responses per X-Upstream-Body (the proxy scenario's upstream)
+	okAt     map[int64]int  // wrk/roll.lua: responses < 400 per millisecond of CLOCK_MONOTONIC
+	badAt    map[int64]int  // wrk/roll.lua: responses >= 400 per millisecond
 	raw      string         // wrk's full output
 	cpu      time.Duration  // wrk's own user+system time
 	elapsed  time.Duration  // wall time of the wrk process
@@ -114,9 +118,61 @@ func runWrk(ctx context.Context, wrk string, s wrkSpec, rawPath string) (*wrkRun
 	return r, nil
 }
 
+// wrkProc is a wrk run in the background (-roll): it runs until
+// interrupted (its -d is only a bound), then prints its summary as at the
+// end of -d.
+type wrkProc struct {
+	cmd  *exec.Cmd
+	spec wrkSpec
+	out  bytes.Buffer // stdout and stderr; read once done is closed
+	done chan struct{}
+	err  error
+}
+
+// startWrk starts wrk in the background; it dies with this process.
+func startWrk(wrk string, s wrkSpec) (*wrkProc, error) {
+	w := &wrkProc{spec: s, done: make(chan struct{})}
+	w.cmd = exec.Command(wrk, s.args()...)
+	w.cmd.Stdout, w.cmd.Stderr = &w.out, &w.out
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := w.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { w.err = w.cmd.Wait(); close(w.done) }()
+	return w, nil
+}
+
+// finish interrupts wrk (SIGINT: it stops its threads and prints its
+// summary and the script's done() output), waits at most limit for it,
+// writes its output to rawPath and parses the tally.
+func (w *wrkProc) finish(limit time.Duration, rawPath string) (*wrkRun, error) {
+	w.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-w.done:
+	case <-time.After(limit):
+		w.cmd.Process.Kill()
+		<-w.done
+		return nil, fmt.Errorf("wrk did not exit within %v of SIGINT; killed", limit)
+	}
+	raw := "$ wrk " + strings.Join(w.spec.args(), " ") + "   (stopped by SIGINT)\n" + w.out.String()
+	if rawPath != "" {
+		os.WriteFile(rawPath, []byte(raw), 0o644)
+	}
+	if w.err != nil {
+		return nil, fmt.Errorf("wrk: %w\n%s", w.err, firstLines(w.out.String(), 20))
+	}
+	r, err := parseTally(w.out.String())
+	if err != nil {
+		return nil, fmt.Errorf("%w in wrk output:\n%s", err, firstLines(w.out.String(), 20))
+	}
+	r.raw = raw
+	r.cpu = w.cmd.ProcessState.UserTime() + w.cmd.ProcessState.SystemTime()
+	return r, nil
+}
+
 // parseTally reads the "SBS ..." lines written by wrk/tally.lua.
 func parseTally(out string) (*wrkRun, error) {
-	r := &wrkRun{counts: map[string]int{}, bodies: map[string]int{}}
+	r := &wrkRun{counts: map[string]int{}, bodies: map[string]int{}, okAt: map[int64]int{}, badAt: map[int64]int{}}
 	seen := 0
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
@@ -141,6 +197,15 @@ func parseTally(out string) (*wrkRun, error) {
 			continue
 		case f[1] == "body" && len(f) == 4:
 			r.bodies[f[2]] += n[1]
+			continue
+		case f[1] == "at" && len(f) == 5:
+			ms := int64(n[0])
+			if n[1] > 0 {
+				r.okAt[ms] += n[1]
+			}
+			if n[2] > 0 {
+				r.badAt[ms] += n[2]
+			}
 			continue
 		default:
 			continue
