@@ -88,7 +88,11 @@ func (l *loop) addClient(fd int, ip string) {
 	if ip == "" { // handed off by the master: ask the socket
 		ip = peerIP(fd)
 	}
-	c := &loopClient{l: l, fd: fd, readiness: readiness{readable: true, writable: true}}
+	// Not read yet: the request has often not arrived when the connection
+	// is accepted, and registering an edge-triggered socket reports what
+	// it holds already, so epoll says when to read (no read that finds
+	// nothing).
+	c := &loopClient{l: l, fd: fd, readiness: readiness{writable: true}}
 	c.h = heads{p: l.p, ip: ip}
 	tok, err := l.register(fd, c)
 	if err != nil {
@@ -101,7 +105,6 @@ func (l *loop) addClient(fd int, ip string) {
 	l.clients[c] = struct{}{}
 	c.idleSince = l.now
 	c.deadline = l.now.Add(l.p.cfg.ClientHeaderTimeout) // the first request's head: from the accept
-	c.readRequest()
 }
 
 // readiness is what epoll said of a socket (edge-triggered) and reading or
