@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -381,5 +382,39 @@ func TestVerbosityLevels(t *testing.T) {
 				t.Fatalf("per-connection line at -v 0: %s", l)
 			}
 		}
+	}
+}
+
+// TestHelloWorkersShareTheCPUs: the built-in hello workers get GOMAXPROCS
+// of the CPUs divided among them, unless the environment sets it (then
+// they keep it).
+func TestHelloWorkersShareTheCPUs(t *testing.T) {
+	want := strconv.Itoa(max(1, runtime.GOMAXPROCS(0)/2))
+	if v, ok := os.LookupEnv("GOMAXPROCS"); ok {
+		want = v
+	}
+	for _, tc := range []struct {
+		prefix []string
+		want   string
+	}{{nil, want}, {[]string{"env", "GOMAXPROCS=3"}, "3"}} {
+		m := startMaster(t, tc.prefix, "--listen", "127.0.0.1:0", "--workers", "2")
+		m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+		for id, pid := range m.workerPids() {
+			environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := "(unset)"
+			for _, kv := range strings.Split(string(environ), "\x00") {
+				if v, ok := strings.CutPrefix(kv, "GOMAXPROCS="); ok {
+					got = v
+				}
+			}
+			if got != tc.want {
+				t.Errorf("%v: worker %d has GOMAXPROCS %s, want %s", tc.prefix, id, got, tc.want)
+			}
+		}
+		m.signal(syscall.SIGTERM)
+		m.waitExit(10 * time.Second)
 	}
 }

@@ -311,11 +311,13 @@ func (l *Listener) rearmLocked() {
 
 // accept is accept4(2) without the peer's address: unix.Accept4 decodes
 // it, which costs an allocation and a getsockopt(SO_PROTOCOL) per
-// connection, and the address is not used. The connection is
-// non-blocking, as every worker wants it (the flag belongs to the shared
-// file description): a worker's event loop takes it as it comes.
+// connection, and the address is not used. The connection is blocking:
+// Go's net.FileConn (the SDK's Accept) registers a non-blocking
+// descriptor with the poller, then makes it blocking, before its own
+// non-blocking duplicate (four system calls more); an event loop that
+// takes it makes it non-blocking itself (one ioctl), and Node always does.
 func accept(fd int) (int, error) {
-	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
+	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, e
 	}

@@ -24,10 +24,10 @@ type Server interface {
 // called.
 type RawServer interface {
 	Server
-	// TakeConns takes connections the master handed off, non-blocking
-	// descriptors: it owns fds[:n] from then on and returns n; fds[n:] go
-	// back to the master (the SDK closes them). It runs on the worker's
-	// channel reader: it must not block.
+	// TakeConns takes connections the master handed off (blocking
+	// descriptors, as accepted): it owns fds[:n] from then on and returns
+	// n; fds[n:] go back to the master (the SDK closes them). It runs on
+	// the worker's channel reader: it must not block.
 	TakeConns(fds []int) (n int)
 	// TakeListener takes a listening socket the workers share (non-blocking)
 	// to accept on itself until Shutdown. It owns fd, and closes it on

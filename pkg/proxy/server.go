@@ -137,9 +137,20 @@ func (s *server) toLoop(c net.Conn) {
 	s.loop.post(loopMsg{kind: msgClient, fd: fd, ip: ip})
 }
 
+// fionbio is ioctl's FIONBIO on linux (amd64, arm64): one system call to
+// make a descriptor non-blocking, where fcntl takes two.
+const fionbio = 0x5421
+
 // TakeConns takes connections the master handed off straight into the
 // loop (cluster.RawServer); none once the server shuts down.
 func (s *server) TakeConns(fds []int) int {
+	for i, fd := range fds { // the master accepts them blocking
+		if err := unix.IoctlSetPointerInt(fd, fionbio, 1); err != nil {
+			s.p.errLog.log("nonblock", err, "Cannot make a client connection non-blocking")
+			fds = fds[:i] // the rest go back
+			break
+		}
+	}
 	s.mu.Lock()
 	if s.shutting.Load() {
 		s.mu.Unlock()
