@@ -45,6 +45,7 @@ type options struct {
 	proxy       bool  // the proxy scenario instead of the cluster setups
 	proxyConns  []int // wrk -c values for the proxy scenario
 	proxyUpload bool  // the proxy setups also in uploadMode
+	proxyClose  bool  // the proxy setups also in closeMode
 	roll        bool  // the rolling-restart scenario instead
 	rollCount   int   // rolls per mode
 	rollSteady  time.Duration
@@ -95,10 +96,11 @@ func parseOptions(args []string) (*options, error) {
 	fs.IntVar(&o.retries, "retries", 2, "at most this many extra runs per mode because of -noise")
 	fs.StringVar(&o.rev, "rev", "", "build sidecar from this git revision (git archive) instead of the working tree")
 	extra := fs.String("sidecar-args", "", "more sidecar flags, space-separated (they come last, so they win), e.g. --admin-addr=")
-	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all cluster setups, or (a)-(d) of the proxy scenario with -proxy; proxy-sidecar-reverseproxy only when named)")
-	fs.BoolVar(&o.proxy, "proxy", false, "run the proxy scenario: a Go hello upstream behind sidecar --upstream, nginx, HAProxy, and direct (wrk keep-alive: GETs, and chunked uploads with -proxy-upload)")
+	fs.StringVar(&o.only, "only", "", "comma-separated setup names to run (default all cluster setups, or (a)-(e) of the proxy scenario with -proxy; proxy-sidecar-reverseproxy only when named)")
+	fs.BoolVar(&o.proxy, "proxy", false, "run the proxy scenario: a Go hello upstream behind sidecar --upstream (rr and shared), nginx, HAProxy, and direct (wrk keep-alive GETs; chunked uploads with -proxy-upload; Connection: close GETs with -proxy-close)")
 	proxyConns := fs.String("proxy-conns", "50", "comma-separated wrk -c values for the proxy scenario, e.g. 50,200")
 	fs.BoolVar(&o.proxyUpload, "proxy-upload", true, "proxy setups: also the upload mode, keep-alive POST /upload with a 4 KiB body sent chunked (3000 + 1096 bytes)")
+	fs.BoolVar(&o.proxyClose, "proxy-close", true, "proxy setups: also the close mode, GET / with \"Connection: close\" (a new connection per request)")
 	fs.BoolVar(&o.roll, "roll", false, "run the rolling-restart scenario: -roll-count rolls of the workers back to back under wrk load (close, then keep-alive) for sidecar (SIGHUP; a --config change for the proxy), PM2 (pm2 reload) and nginx (reload); uses -workers, -conns, -threads")
 	fs.IntVar(&o.rollCount, "roll-count", 10, "-roll: rolls per mode")
 	fs.DurationVar(&o.rollSteady, "roll-steady", 3*time.Second, "-roll: the steady window before the first roll (after 0.5 s of ramp-up)")
@@ -133,6 +135,19 @@ func parseOptions(args []string) (*options, error) {
 		return nil, errors.New("-roll: not with -proxy; need -roll-count >= 1, -roll-steady >= 100ms, -roll-tail >= 0 and -roll-timeout > 0")
 	}
 	return o, nil
+}
+
+// proxyModes are the modes every proxy setup is measured in, in order:
+// keep-alive, then upload (-proxy-upload), then close (-proxy-close).
+func (o *options) proxyModes() []mode {
+	modes := []mode{keepAlive}
+	if o.proxyUpload {
+		modes = append(modes, uploadMode)
+	}
+	if o.proxyClose {
+		modes = append(modes, closeMode)
+	}
+	return modes
 }
 
 // run builds sidecar, runs every setup for every worker count and writes

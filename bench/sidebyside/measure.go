@@ -31,8 +31,8 @@ type result struct {
 
 // measureSetup starts the setup with n workers, waits until it serves,
 // warms it up, loads it in each of its modes (keep-alive and close; for a
-// proxy setup keep-alive and, with -proxy-upload, upload, at every
-// -proxy-conns) and stops it.
+// proxy setup keep-alive and, with -proxy-upload, upload and, with
+// -proxy-close, close, at every -proxy-conns) and stops it.
 func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) (rs []result, err error) {
 	busy0, err := waitQuiet(ctx, o.quietWait, o.quiet)
 	if err != nil {
@@ -43,10 +43,7 @@ func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) 
 	modes, conns := []mode{keepAlive, closeMode}, []int{o.conns}
 	if s.isProxy() {
 		p, listeners, err = e.startProxy(s, n)
-		modes, conns = []mode{keepAlive}, o.proxyConns
-		if o.proxyUpload {
-			modes = append(modes, uploadMode)
-		}
+		modes, conns = o.proxyModes(), o.proxyConns
 	} else {
 		p, err = e.start(s, n)
 	}
@@ -129,6 +126,9 @@ func measureQuietly(ctx context.Context, e *benchEnv, o *options, p *proc, spec 
 			return nil, err
 		}
 		r.setup, r.workers = s, n
+		if !s.hasMaster() { // one process (HAProxy, the upstream): its CPU is groupUs
+			r.cpuUs = math.NaN()
+		}
 		if best == nil || r.other < best.other {
 			best = r
 		}

@@ -2,8 +2,9 @@ package main
 
 // The proxy scenario (-proxy): one Go hello upstream, started once by the
 // harness (this binary re-executed with -serve-upstream), behind sidecar
-// --upstream, nginx and HAProxy, and loaded directly, with wrk keep-alive:
-// GETs, and (-proxy-upload) POSTs with a 4 KiB chunked body.
+// --upstream (rr and shared), nginx and HAProxy, and loaded directly, with
+// wrk: keep-alive GETs, (-proxy-upload) keep-alive POSTs with a 4 KiB
+// chunked body, and (-proxy-close) GETs with "Connection: close".
 
 import (
 	"context"
@@ -32,6 +33,7 @@ var proxySetups = []setup{
 	{name: "proxy-nginx", label: "(b) nginx", master: proxyNginx},
 	{name: "proxy-haproxy", label: "(c) HAProxy", master: proxyHAProxy},
 	{name: "proxy-direct", label: "(d) direct to the upstream", master: proxyDirect},
+	{name: "proxy-sidecar-shared", label: "(e) sidecar --upstream --schedule shared", master: proxySidecar, args: []string{"--schedule", "shared"}},
 }
 
 // proxyVariants are sidecar's slower proxy path, run only when -only names
@@ -41,6 +43,12 @@ var proxyVariants = []setup{
 }
 
 func (s setup) isProxy() bool { return s.master >= proxySidecar }
+
+// hasMaster: the setup runs a master process apart from the processes
+// that serve (Node's primary, sidecar's master, nginx's master), whose
+// CPU per connection is the "master µs/conn" column. HAProxy (one
+// process, -db, nbthread) and the upstream have none: "—".
+func (s setup) hasMaster() bool { return s.master != proxyHAProxy && s.master != proxyDirect }
 
 // serveUpstream is the hello upstream: HTTP/1.1 keep-alive on a free port
 // of 127.0.0.1, upstreamHandler. It prints the port and serves until
@@ -137,12 +145,7 @@ func (e *benchEnv) startProxy(s setup, n int) (*proc, int, error) {
 	case proxyDirect:
 		return e.upstream, 0, nil
 	case proxySidecar:
-		argv := []string{e.sidecar, "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n), "--upstream", "http://" + upstream}
-		if e.admin {
-			argv = append(argv, "--admin-addr", "127.0.0.1:0")
-		}
-		argv = append(append(argv, s.args...), e.extra...)
-		p, err := startProc(argv, cleanEnv(), logPath, sidecarMarkers, 0)
+		p, err := startProc(e.proxySidecarArgv(s, n), cleanEnv(), logPath, sidecarMarkers, 0)
 		return p, n, err
 	}
 	port, err := freePort()
@@ -172,6 +175,18 @@ func (e *benchEnv) startProxy(s setup, n int) (*proc, int, error) {
 	}
 	p, err := startProc(argv, cleanEnv(), logPath, neverMarkers, port)
 	return p, 0, err
+}
+
+// proxySidecarArgv is sidecar --upstream with n workers in front of the
+// upstream: the setup's flags (--schedule shared, --proxy-fast=false),
+// then -sidecar-args, which come last so they win.
+func (e *benchEnv) proxySidecarArgv(s setup, n int) []string {
+	argv := []string{e.sidecar, "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n),
+		"--upstream", fmt.Sprintf("http://127.0.0.1:%d", e.upstreamPort)}
+	if e.admin {
+		argv = append(argv, "--admin-addr", "127.0.0.1:0")
+	}
+	return append(append(argv, s.args...), e.extra...)
 }
 
 // nginxConf is nginx as a keep-alive reverse proxy: n worker processes,
@@ -236,32 +251,38 @@ backend be
 `, n, port, upstream)
 }
 
-const proxyHead = `| setup | workers | mode | wrk -c | req/s | p50 | p99 | req/s ÷ nginx | p99 ÷ nginx | CPU µs/req | errors | other CPU |
-|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|
+const proxyHead = `| setup | workers | mode | wrk -c | req/s | new conns/s | p50 | p99 | req/s ÷ nginx | p99 ÷ nginx | CPU µs/req | master µs/conn | errors | other CPU |
+|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|
 `
 
+// proxyModeRank orders the proxy report's rows: keep-alive, upload,
+// close, then the failed setups.
+func proxyModeRank(r result) int {
+	switch {
+	case r.err != nil:
+		return 3
+	case r.mode == uploadMode:
+		return 1
+	case r.mode == closeMode:
+		return 2
+	}
+	return 0
+}
+
 // proxyMarkdown is the proxy scenario's report: the keep-alive rows, then
-// the upload rows, each in the order measured, then the failed setups.
+// the upload rows, then the close rows, each in the order measured, then
+// the failed setups.
 func proxyMarkdown(machine string, rs []result) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Proxy: the same Go hello upstream behind sidecar, nginx and HAProxy\n\n")
 	fmt.Fprintf(&b, "Machine: %s.\n\n", machine)
 	b.WriteString(proxyHead)
-	rank := func(r result) int {
-		switch {
-		case r.err != nil:
-			return 2
-		case r.mode == uploadMode:
-			return 1
-		}
-		return 0
-	}
 	rs = slices.Clone(rs)
-	slices.SortStableFunc(rs, func(a, b result) int { return rank(a) - rank(b) })
+	slices.SortStableFunc(rs, func(a, b result) int { return proxyModeRank(a) - proxyModeRank(b) })
 	for i := range rs {
 		r := &rs[i]
 		if r.err != nil {
-			fmt.Fprintf(&b, "| %s | %d | — | — | FAILED (see notes) |  |  |  |  |  |  |  |\n", r.setup.label, r.workers)
+			fmt.Fprintf(&b, "| %s | %d | — | — | FAILED (see notes) |  |  |  |  |  |  |  |  |  |\n", r.setup.label, r.workers)
 			continue
 		}
 		reqRatio, p99Ratio := "—", "—"
@@ -271,9 +292,13 @@ func proxyMarkdown(machine string, rs []result) string {
 				p99Ratio = fmtFloat(float64(r.run.p99)/float64(base.run.p99), 2) + "×"
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s | %.2f |\n",
-			r.setup.label, r.workers, r.mode, r.wrkConns, fmtCount(r.run.reqPerSec()), fmtLatency(r.run.p50),
-			fmtLatency(r.run.p99), reqRatio, p99Ratio, fmtFloat(r.groupUs, 1), r.run.errors, r.other)
+		conns := fmtCount(r.conns)
+		if r.mode != closeMode {
+			conns = "≈" + conns // each connection opened once
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f |\n",
+			r.setup.label, r.workers, r.mode, r.wrkConns, fmtCount(r.run.reqPerSec()), conns, fmtLatency(r.run.p50),
+			fmtLatency(r.run.p99), reqRatio, p99Ratio, fmtFloat(r.groupUs, 1), fmtFloat(r.cpuUs, 1), r.run.errors, r.other)
 	}
 	b.WriteString(proxyLegend)
 	if ns := notes(rs); len(ns) > 0 {
@@ -286,17 +311,26 @@ func proxyMarkdown(machine string, rs []result) string {
 }
 
 const proxyLegend = `
-wrk keep-alive against the proxy, which keeps a keep-alive pool to the
-upstream (a Go net/http server answering "hello", one process, all CPUs).
-mode keep-alive: GET /; upload: POST /upload with a 4 KiB body in two
-chunks (3000 and 1096 bytes), Transfer-Encoding: chunked, which the
-upstream reads whole before answering (nginx, by default, reads it whole
-first too and sends it on with Content-Length; HAProxy and sidecar stream
-it, chunked). workers: sidecar workers, nginx worker processes, HAProxy
-threads. Ratios are to nginx with the same workers, mode and wrk -c.
-CPU µs/req: utime+stime of the proxy's processes (master and workers; for
-direct, the upstream) over the run ÷ requests. other CPU: CPUs' worth of
-time spent outside wrk, the proxy and the upstream during the run.
+wrk against the proxy, which keeps a keep-alive pool to the upstream (a
+Go net/http server answering "hello", one process, all CPUs). mode
+keep-alive: GET / on wrk's connections; upload: POST /upload with a 4 KiB
+body in two chunks (3000 and 1096 bytes), Transfer-Encoding: chunked,
+which the upstream reads whole before answering (nginx, by default, reads
+it whole first too and sends it on with Content-Length; HAProxy and
+sidecar stream it, chunked); close: GET / with "Connection: close", a new
+connection per request (new conns/s = req/s; in the other modes wrk opens
+each connection once, ≈ c / duration). sidecar (a) hands out connections
+from its master (--schedule rr, the default), (e) has its workers accept
+on the shared listening socket. workers: sidecar workers, nginx worker
+processes, HAProxy threads. Ratios are to nginx with the same workers,
+mode and wrk -c (in close mode req/s ÷ nginx is the ratio of new
+connections per second). CPU µs/req: utime+stime of the proxy's processes
+(master and workers; for direct, the upstream) over the run ÷ requests
+(in close mode, per connection). master µs/conn (close mode): utime+stime
+of the master process alone ÷ requests: sidecar's master, nginx's master
+process (it accepts nothing); — for HAProxy (one process, threads: see
+CPU µs/req) and direct. other CPU: CPUs' worth of time spent outside wrk,
+the proxy and the upstream during the run.
 `
 
 // findProxyBaseline is nginx's row with the same workers, mode and wrk -c.

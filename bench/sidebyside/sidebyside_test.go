@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"encoding/xml"
+	"errors"
 	"io"
 	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -228,24 +230,134 @@ func TestProxyMarkdown(t *testing.T) {
 	run := func(reqs int, p99 time.Duration) *wrkRun {
 		return &wrkRun{requests: reqs, duration: time.Second, p99: p99}
 	}
+	nan := math.NaN()
 	rs := []result{
-		{setup: proxySetups[0], workers: 2, mode: keepAlive, wrkConns: 50, run: run(20000, 6*time.Millisecond)},
-		{setup: proxySetups[0], workers: 2, mode: uploadMode, wrkConns: 50, run: run(9000, 8*time.Millisecond)},
-		{setup: proxySetups[1], workers: 2, mode: keepAlive, wrkConns: 50, run: run(40000, 3*time.Millisecond)},
-		{setup: proxySetups[1], workers: 2, mode: uploadMode, wrkConns: 50, run: run(10000, 4*time.Millisecond)},
+		{setup: proxySetups[0], workers: 2, mode: keepAlive, wrkConns: 50, run: run(20000, 6*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: proxySetups[0], workers: 2, mode: uploadMode, wrkConns: 50, run: run(9000, 8*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: proxySetups[0], workers: 2, mode: closeMode, wrkConns: 50, run: run(9000, 4*time.Millisecond), conns: 9000, cpuUs: 12.34, groupUs: 80},
+		{setup: proxySetups[1], workers: 2, mode: keepAlive, wrkConns: 50, run: run(40000, 3*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: proxySetups[1], workers: 2, mode: uploadMode, wrkConns: 50, run: run(10000, 4*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: proxySetups[1], workers: 2, mode: closeMode, wrkConns: 50, run: run(10000, 2*time.Millisecond), conns: 10000, cpuUs: 0, groupUs: 70},
+		{setup: proxySetups[2], workers: 2, mode: closeMode, wrkConns: 50, run: run(5000, 2*time.Millisecond), conns: 5000, cpuUs: nan, groupUs: 90},
+		{setup: proxySetups[4], workers: 2, mode: closeMode, wrkConns: 50, run: run(11000, 2*time.Millisecond), conns: 11000, cpuUs: 0.04, groupUs: 60},
+		{setup: proxySetups[4], workers: 2, err: errors.New("boom")},
 	}
 	md := proxyMarkdown("box", rs)
-	if !strings.Contains(md, "| (a) sidecar --upstream | 2 | keep-alive | 50 | 20.00k | 0µs | 6.00ms | 0.50× | 2.00× |") {
-		t.Errorf("keep-alive ratios to nginx missing:\n%s", md)
+	for _, want := range []string{
+		"| (a) sidecar --upstream | 2 | keep-alive | 50 | 20.00k | ≈10 | 0µs | 6.00ms | 0.50× | 2.00× | 0.0 | — | 0 | 0.00 |",
+		"| (a) sidecar --upstream | 2 | upload | 50 | 9.00k | ≈10 | 0µs | 8.00ms | 0.90× | 2.00× |",
+		// close mode: ratios to nginx's close row; new conns/s = req/s; the master's µs/conn
+		"| (a) sidecar --upstream | 2 | close | 50 | 9.00k | 9.00k | 0µs | 4.00ms | 0.90× | 2.00× | 80.0 | 12.3 | 0 | 0.00 |",
+		"| (b) nginx | 2 | close | 50 | 10.00k | 10.00k | 0µs | 2.00ms | 1.00× | 1.00× | 70.0 | 0.0 | 0 | 0.00 |",
+		"| (c) HAProxy | 2 | close | 50 | 5.00k | 5.00k | 0µs | 2.00ms | 0.50× | 1.00× | 90.0 | — | 0 | 0.00 |",
+		"| (e) sidecar --upstream --schedule shared | 2 | close | 50 | 11.00k | 11.00k | 0µs | 2.00ms | 1.10× | 1.00× | 60.0 | 0.0 | 0 | 0.00 |",
+		"| (e) sidecar --upstream --schedule shared | 2 | — | — | FAILED (see notes) |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("missing row %s\nin:\n%s", want, md)
+		}
 	}
-	if !strings.Contains(md, "| (a) sidecar --upstream | 2 | upload | 50 | 9.00k | 0µs | 8.00ms | 0.90× | 2.00× |") {
-		t.Errorf("upload ratios to nginx's upload row missing:\n%s", md)
+	// every row has as many cells as the head
+	head := strings.Count(strings.SplitN(proxyHead, "\n", 2)[0], "|")
+	for _, l := range strings.Split(md, "\n") {
+		if strings.HasPrefix(l, "| (") && strings.Count(l, "|") != head {
+			t.Errorf("%d cells, head %d: %s", strings.Count(l, "|")-1, head-1, l)
+		}
 	}
-	ka, up := strings.Index(md, "| keep-alive |"), strings.LastIndex(md, "| keep-alive |")
-	if u := strings.Index(md, "| upload |"); u < ka || u < up {
+	// grouped by mode: keep-alive, upload, close, failed
+	last := strings.LastIndex
+	if !(last(md, "| keep-alive |") < strings.Index(md, "| upload |") && last(md, "| upload |") < strings.Index(md, "| close |") &&
+		last(md, "| close |") < strings.Index(md, "FAILED")) {
 		t.Errorf("rows not grouped by mode:\n%s", md)
 	}
 	if rs[1].mode != uploadMode {
 		t.Error("proxyMarkdown reordered its argument")
+	}
+}
+
+func TestProxyModes(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "keep-alive upload close"},
+		{[]string{"-proxy-upload=false"}, "keep-alive close"},
+		{[]string{"-proxy-close=false"}, "keep-alive upload"},
+		{[]string{"-proxy-close=false", "-proxy-upload=false"}, "keep-alive"},
+		{[]string{"-proxy-close", "-proxy-upload=0"}, "keep-alive close"},
+	} {
+		o, err := parseOptions(append([]string{"-proxy"}, c.args...))
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		var got []string
+		for _, m := range o.proxyModes() {
+			got = append(got, string(m))
+		}
+		if strings.Join(got, " ") != c.want {
+			t.Errorf("%v: modes %v, want %s", c.args, got, c.want)
+		}
+	}
+	if _, err := parseOptions([]string{"-proxy", "-proxy-close=maybe"}); err == nil {
+		t.Error("-proxy-close=maybe accepted")
+	}
+	o, err := parseOptions([]string{"-proxy", "-proxy-conns", "50, 200"})
+	if err != nil || len(o.proxyConns) != 2 || o.proxyConns[1] != 200 {
+		t.Errorf("-proxy-conns: %v %v", o, err)
+	}
+}
+
+func TestProxySidecarShared(t *testing.T) {
+	got := selectSetups("", true)
+	var shared *setup
+	for i := range got {
+		if got[i].name == "proxy-sidecar-shared" {
+			shared = &got[i]
+		}
+	}
+	if shared == nil {
+		t.Fatalf("-proxy runs no proxy-sidecar-shared: %v", got)
+	}
+	e := &benchEnv{sidecar: "/s", upstreamPort: 9000, admin: true, extra: []string{"--v", "2"}}
+	argv := strings.Join(e.proxySidecarArgv(*shared, 2), " ")
+	want := "/s --listen 127.0.0.1:0 --workers 2 --upstream http://127.0.0.1:9000 --admin-addr 127.0.0.1:0 --schedule shared --v 2"
+	if argv != want {
+		t.Errorf("argv\n got %s\nwant %s", argv, want)
+	}
+	if rr := strings.Join(e.proxySidecarArgv(proxySetups[0], 2), " "); strings.Contains(rr, "--schedule") {
+		t.Errorf("proxy-sidecar (rr, the default) argv: %s", rr)
+	}
+	for _, c := range []struct {
+		k    kind
+		want bool
+	}{{nodePrimary, true}, {sidecarMaster, true}, {proxySidecar, true}, {proxyNginx, true}, {proxyHAProxy, false}, {proxyDirect, false}} {
+		if got := (setup{master: c.k}).hasMaster(); got != c.want {
+			t.Errorf("kind %d: hasMaster %v", c.k, got)
+		}
+	}
+}
+
+func TestStopNotes(t *testing.T) {
+	termed := exec.Command("sh", "-c", "kill -TERM $$").Run()
+	failed := exec.Command("sh", "-c", "exit 3").Run()
+	if termed == nil || failed == nil {
+		t.Fatalf("sh: %v %v", termed, failed)
+	}
+	haproxy, sidecar := proxySetups[2], proxySetups[0]
+	if !stopExpected(haproxy, termed) || stopExpected(haproxy, failed) || stopExpected(sidecar, termed) ||
+		stopExpected(haproxy, errors.Join(termed, errors.New("2 processes of the group outlived the master"))) {
+		t.Error("stopExpected: only HAProxy's own death by SIGTERM is expected")
+	}
+	ok := &wrkRun{requests: 1, duration: time.Second}
+	rs := []result{
+		{setup: haproxy, workers: 2, mode: keepAlive, run: ok, stopErr: termed},
+		{setup: haproxy, workers: 2, mode: closeMode, run: ok, stopErr: termed},
+		{setup: sidecar, workers: 2, mode: keepAlive, wrkConns: 50, run: ok, stopErr: failed},
+		{setup: sidecar, workers: 2, mode: closeMode, wrkConns: 50, run: ok, stopErr: failed},
+		{setup: sidecar, workers: 2, mode: closeMode, wrkConns: 200, run: ok, stopErr: failed},
+	}
+	got := strings.Join(notes(rs), "\n")
+	if want := "(a) sidecar --upstream, 2 workers: stopping the master (SIGTERM): exit status 3"; got != want {
+		t.Errorf("notes\n got %s\nwant %s", got, want)
 	}
 }
