@@ -66,10 +66,8 @@ func newAdmin(addr string, pprofOn bool, minReady func() int, gatherer prometheu
 			}
 			return nil
 		}),
-		health.NamedCheck("config", func(*http.Request) error { return nil }), // parsed before start
 	}, extra...)
 	ready := health.NewProbe("readyz", checks...)
-	ready.OnResult = m.SetReady
 	m.SetReadiness(func() bool {
 		r, _ := http.NewRequest(http.MethodGet, "/readyz", nil)
 		return ready.Passes(r)
@@ -117,7 +115,6 @@ func (a *admin) workersReady(ctx context.Context, sup *workers.Supervisor, minRe
 func (a *admin) setDraining() {
 	a.draining.Store(true)
 	a.metrics.SetDraining(true)
-	a.metrics.SetReady(false)
 }
 
 // serve runs until Close; it returns nil after Close.

@@ -217,10 +217,8 @@ func (m *app) handleSignals(ctx context.Context) error {
 			}
 			draining = true
 			m.sup.BeginDrain()
-			if m.admin != nil {
+			if m.admin != nil { // (without it, nobody reads readiness or metrics)
 				m.admin.setDraining()
-			} else {
-				m.metrics.SetDraining(true)
 			}
 			klog.InfoS("Draining", "signal", sig.String(), "shutdownDelay", time.Duration(m.shutdown.Load()), "drainTimeout", m.drainTimeout())
 			go m.drain(ctx)

@@ -35,8 +35,6 @@ func (c namedCheck) Check(r *http.Request) error { return c.f(r) }
 type Probe struct {
 	name   string
 	checks []Check
-	// OnResult, if set, is told the verdict of every full run (for a gauge).
-	OnResult func(ok bool)
 }
 
 // NewProbe returns the probe name ("livez", "readyz") made of checks.
@@ -46,9 +44,9 @@ func NewProbe(name string, checks ...Check) *Probe { return &Probe{name: name, c
 // same under each alias (such as /healthz and /healthz/<check>).
 func (p *Probe) Install(mux *http.ServeMux, aliases ...string) {
 	for _, path := range append([]string{"/" + p.name}, aliases...) {
-		mux.Handle(path, p.handler(p.checks, true))
+		mux.Handle(path, p.handler(p.checks))
 		for _, c := range p.checks {
-			mux.Handle(path+"/"+c.Name(), p.handler([]Check{c}, false))
+			mux.Handle(path+"/"+c.Name(), p.handler([]Check{c}))
 		}
 	}
 }
@@ -63,7 +61,7 @@ func (p *Probe) Passes(r *http.Request) bool {
 	return true
 }
 
-func (p *Probe) handler(checks []Check, full bool) http.Handler {
+func (p *Probe) handler(checks []Check) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var out bytes.Buffer
 		var failed, reasons []string
@@ -75,9 +73,6 @@ func (p *Probe) handler(checks []Check, full bool) http.Handler {
 				continue
 			}
 			fmt.Fprintf(&out, "[+]%s ok\n", c.Name())
-		}
-		if full && p.OnResult != nil {
-			p.OnResult(len(failed) == 0)
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Content-Type-Options", "nosniff")

@@ -33,7 +33,6 @@ type Metrics struct {
 	queueLength  prometheus.Gauge
 	dispatchWait prometheus.Histogram
 	ready        prometheus.GaugeFunc
-	readyValue   atomic.Bool                 // last verdict, when no readiness func is set
 	readiness    atomic.Pointer[func() bool] // evaluated at scrape time
 	draining     prometheus.Gauge
 
@@ -109,7 +108,7 @@ func New(reg prometheus.Registerer, version string, slots int, procs func() []wo
 		if f := m.readiness.Load(); f != nil {
 			return b2f((*f)())
 		}
-		return b2f(m.readyValue.Load())
+		return 0
 	})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "sidecar_build_info", Help: "Build information; always 1.",
@@ -145,10 +144,6 @@ func New(reg prometheus.Registerer, version string, slots int, procs func() []wo
 		collectors.NewGoCollector())
 	return m
 }
-
-// SetReady records the readiness probe's verdict, for when no readiness
-// function is set.
-func (m *Metrics) SetReady(ok bool) { m.readyValue.Store(ok) }
 
 // SetReadiness makes sidecar_ready evaluate f at every scrape.
 func (m *Metrics) SetReadiness(f func() bool) { m.readiness.Store(&f) }

@@ -100,7 +100,7 @@ func TestLintClean(t *testing.T) {
 	m.Accepted("tcp:127.0.0.1:8080")
 	m.AcceptError("tcp:127.0.0.1:8080")
 	m.Dispatched(0, time.Millisecond)
-	m.SetReady(true)
+	m.SetReadiness(func() bool { return true })
 	problems, err := testutil.CollectAndLint(reg) // the registry is a Collector
 	if err != nil {
 		t.Fatal(err)
@@ -286,12 +286,13 @@ func TestAcceptorObserver(t *testing.T) {
 
 func TestReadyAndDraining(t *testing.T) {
 	reg, m := newMetrics(t, 1, nil)
-	want(t, reg, 0, "sidecar_ready")
+	want(t, reg, 0, "sidecar_ready") // no readiness yet: not ready
 	want(t, reg, 0, "sidecar_draining")
-	m.SetReady(true)
+	ready := true
+	m.SetReadiness(func() bool { return ready }) // evaluated at every scrape
 	want(t, reg, 1, "sidecar_ready")
 	m.SetDraining(true)
-	m.SetReady(false)
+	ready = false
 	want(t, reg, 0, "sidecar_ready")
 	want(t, reg, 1, "sidecar_draining")
 }
