@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -33,26 +34,18 @@ func TestWorkerGathererLabelsBySlotAndSkipsLateWorkers(t *testing.T) {
 		Timeout:  200 * time.Millisecond,
 		Reserved: func(name string) bool { return strings.HasPrefix(name, "go_") },
 	}
-	// The stuck worker is given up on after Timeout: Gather returns. The
-	// deadline only keeps a hang from stalling the suite; it is no limit on
-	// how fast Gather must be.
-	type result struct {
-		fams []*dto.MetricFamily
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		fams, err := g.Gather()
-		done <- result{fams, err}
-	}()
+	// The stuck worker is given up on after exactly Timeout: in a synctest
+	// bubble the clock is fake and advances only when every goroutine of
+	// the bubble waits, so the assertion is exact and instant.
 	var fams []*dto.MetricFamily
 	var err error
-	select {
-	case r := <-done:
-		fams, err = r.fams, r.err
-	case <-time.After(60 * time.Second):
-		t.Fatal("Gather has not returned 60s after it began: a stuck worker holds the scrape")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		fams, err = g.Gather()
+		if took := time.Since(start); took != g.Timeout {
+			t.Errorf("Gather returned after %v, want exactly the timeout %v", took, g.Timeout)
+		}
+	})
 	if err != nil {
 		t.Fatalf("Gather: %v", err)
 	}
