@@ -32,6 +32,30 @@ func TestWorkerMetricsInMasterScrape(t *testing.T) {
 // waitSlotSeries waits until the master's /metrics (at admin) has series
 // (a regexp whose group 1 is the slot, without the value) for two slots
 // whose values sum to n, and returns the whole scrape.
+// waitSeriesSum waits until the series (a regexp with the slot as its
+// group) sum to n in the master's scrape, however many slots have one.
+func waitSeriesSum(t *testing.T, admin, series string, n int) string {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + series + ` (\d+)$`)
+	var text string
+	testkit.WaitFor(t, "the workers' series "+series+" to sum to "+strconv.Itoa(n), 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		text = string(body)
+		sum := 0
+		for _, f := range re.FindAllStringSubmatch(text, -1) {
+			v, _ := strconv.Atoi(f[2])
+			sum += v
+		}
+		return sum == n
+	})
+	return text
+}
+
 func waitSlotSeries(t *testing.T, admin, series string, n int) string {
 	t.Helper()
 	re := regexp.MustCompile(`(?m)^` + series + ` (\d+)$`)
