@@ -61,7 +61,7 @@ func waitSlotSeries(t *testing.T, admin, series string, n int) string {
 	re := regexp.MustCompile(`(?m)^` + series + ` (\d+)$`)
 	var found [][]string
 	var text string
-	testkit.WaitFor(t, "the workers' series "+series+" in the master's scrape", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the workers' series "+series+" in the master's scrape", 10*time.Second, func() bool {
 		resp, err := http.Get("http://" + admin + "/metrics")
 		if err != nil {
 			return false
