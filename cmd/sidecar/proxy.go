@@ -57,7 +57,7 @@ func (f *proxyFlags) apply(c *config) error {
 	if len(c.command) > 0 {
 		return usageError{"--upstream and a worker command cannot be combined: with --upstream the workers are the built-in proxy"}
 	}
-	if _, err := proxy.ParseUpstream(*f.upstream); err != nil {
+	if err := proxy.ParseUpstream(*f.upstream); err != nil {
 		return usageError{"--" + err.Error()}
 	}
 	if _, err := proxy.NewReadiness(*f.upstream, *f.readyPath, 0); err != nil {

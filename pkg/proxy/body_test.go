@@ -305,7 +305,7 @@ func TestIdleUpstreamThatSpeaksIsDropped(t *testing.T) {
 // waiting (which the loop's events have not told it of yet) is not
 // reused; an empty one is.
 func TestTakeIdleSkipsConnectionsWithBytes(t *testing.T) {
-	p, err := New(Config{Upstream: "http://127.0.0.1:9"}, nil)
+	p, err := newHTTPProxy(Config{Upstream: "http://127.0.0.1:9"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

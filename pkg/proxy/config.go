@@ -90,7 +90,7 @@ func (c Config) withDefaults() Config {
 // Validate checks the upstream, that no timeout is negative, and the
 // header limit (0 or within [MinMaxHeaderBytes, MaxMaxHeaderBytes]).
 func (c Config) Validate() error {
-	if _, err := ParseUpstream(c.Upstream); err != nil {
+	if _, err := parseUpstream(c.Upstream); err != nil {
 		return err
 	}
 	if n := c.MaxHeaderBytes; n != 0 && (n < MinMaxHeaderBytes || n > MaxMaxHeaderBytes) {
@@ -109,29 +109,38 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Upstream is a parsed Config.Upstream.
-type Upstream struct {
-	Name    string   // as given, for messages and logs
-	Network string   // "tcp" or "unix"
-	Address string   // host:port or the socket path
-	URL     *url.URL // where requests go: scheme, host (a placeholder for unix), base path; nil for L4
-	L4      bool     // tcp://: bytes pass through, no HTTP
+// upstream is a parsed Config.Upstream.
+type upstream struct {
+	name    string   // as given, for messages and logs
+	network string   // "tcp" or "unix"
+	address string   // host:port or the socket path
+	url     *url.URL // where requests go: scheme, host (a placeholder for unix), base path; nil for L4
+	l4      bool     // tcp://: bytes pass through, no HTTP
 }
 
-// ParseUpstream reads http://host:port[/base], unix:/path or tcp://host:port.
-func ParseUpstream(s string) (Upstream, error) {
-	bad := func(format string, a ...any) (Upstream, error) {
-		return Upstream{}, fmt.Errorf("upstream %q: %s", s, fmt.Sprintf(format, a...))
+// ParseUpstream checks an upstream as Config.Upstream takes it:
+// http://host:port[/base], unix:/path or tcp://host:port. The error says
+// what is wrong.
+func ParseUpstream(s string) error {
+	_, err := parseUpstream(s)
+	return err
+}
+
+// parseUpstream reads http://host:port[/base], unix:/path or
+// tcp://host:port.
+func parseUpstream(s string) (upstream, error) {
+	bad := func(format string, a ...any) (upstream, error) {
+		return upstream{}, fmt.Errorf("upstream %q: %s", s, fmt.Sprintf(format, a...))
 	}
 	switch {
 	case s == "":
-		return Upstream{}, errors.New("upstream: empty (want http://host:port, unix:/path or tcp://host:port)")
+		return upstream{}, errors.New("upstream: empty (want http://host:port, unix:/path or tcp://host:port)")
 	case strings.HasPrefix(s, "unix:"):
 		path := strings.TrimPrefix(s, "unix:")
 		if path == "" {
 			return bad("no socket path (want unix:/path)")
 		}
-		return Upstream{Name: s, Network: "unix", Address: path, URL: &url.URL{Scheme: "http", Host: "upstream"}}, nil
+		return upstream{name: s, network: "unix", address: path, url: &url.URL{Scheme: "http", Host: "upstream"}}, nil
 	case strings.HasPrefix(s, "tcp://"):
 		return parseTCP(s)
 	}
@@ -153,15 +162,15 @@ func ParseUpstream(s string) (Upstream, error) {
 	if port == "" {
 		port = "80"
 	}
-	return Upstream{Name: s, Network: "tcp", Address: net.JoinHostPort(u.Hostname(), port), URL: u}, nil
+	return upstream{name: s, network: "tcp", address: net.JoinHostPort(u.Hostname(), port), url: u}, nil
 }
 
 // parseTCP reads tcp://host:port (nothing else: no path, user or query).
-func parseTCP(s string) (Upstream, error) {
+func parseTCP(s string) (upstream, error) {
 	hostport := strings.TrimPrefix(s, "tcp://")
 	host, port, err := net.SplitHostPort(hostport)
 	if err != nil || host == "" || port == "" || strings.ContainsAny(hostport, "/?#@") {
-		return Upstream{}, fmt.Errorf("upstream %q: want tcp://host:port", s)
+		return upstream{}, fmt.Errorf("upstream %q: want tcp://host:port", s)
 	}
-	return Upstream{Name: s, Network: "tcp", Address: net.JoinHostPort(host, port), L4: true}, nil
+	return upstream{name: s, network: "tcp", address: net.JoinHostPort(host, port), l4: true}, nil
 }

@@ -39,7 +39,7 @@ type header struct{ name, value []byte }
 // the upstream, the response head built for the client, and the scratch
 // space for both.
 type heads struct {
-	p    *Proxy
+	p    *httpProxy
 	ip   string // the client's IP for X-Forwarded-For; "" if none
 	out  []byte // the request head for the upstream
 	resp []byte // the response head for the client
@@ -455,8 +455,8 @@ func (ph *heads) writeRequestHead(req *request) {
 
 // joinPath appends the upstream's base path joined to target (as
 // httputil's SetURL joins them).
-func (p *Proxy) joinPath(out, target []byte) []byte {
-	base := p.upstream.URL.EscapedPath()
+func (p *httpProxy) joinPath(out, target []byte) []byte {
+	base := p.upstream.url.EscapedPath()
 	switch {
 	case base == "" || base == "/":
 		return append(out, target...)

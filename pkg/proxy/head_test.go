@@ -13,7 +13,7 @@ import (
 // testHeads is a parse state for the parser's unit tests: a proxy to
 // 127.0.0.1:9 (no base path), a client at 192.0.2.1.
 func testHeads(t testing.TB) *heads {
-	p, err := New(Config{Upstream: "http://127.0.0.1:9"}, nil)
+	p, err := newHTTPProxy(Config{Upstream: "http://127.0.0.1:9"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

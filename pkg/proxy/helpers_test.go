@@ -17,7 +17,7 @@ import (
 
 // proxyUnderTest is a Proxy served on 127.0.0.1 with its own registry.
 type proxyUnderTest struct {
-	*Proxy
+	*httpProxy
 	url string // http://127.0.0.1:port
 	reg *prometheus.Registry
 }
@@ -30,7 +30,7 @@ func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Fast = loopMode
-	p, err := New(cfg, reg)
+	p, err := newHTTPProxy(cfg, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := p.NewService()
+	srv := p.newService()
 	switch s := srv.(type) {
 	case *cluster.HTTPServer:
 		s.ErrorLog = nil
@@ -54,21 +54,21 @@ func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 	t.Cleanup(func() {
 		srv.Close()
 		<-served
-		p.CloseIdleConnections()
+		p.closeIdleConnections()
 	})
-	return &proxyUnderTest{Proxy: p, url: "http://" + ln.Addr().String(), reg: reg}
+	return &proxyUnderTest{httpProxy: p, url: "http://" + ln.Addr().String(), reg: reg}
 }
 
-// upstream is an HTTP server on 127.0.0.1 that counts the connections made
+// countingUpstream is an HTTP server on 127.0.0.1 that counts the connections made
 // to it.
-type upstream struct {
+type countingUpstream struct {
 	*httptest.Server
 	conns atomic.Int64
 }
 
-func startUpstream(t testing.TB, h http.Handler) *upstream {
+func startUpstream(t testing.TB, h http.Handler) *countingUpstream {
 	t.Helper()
-	u := &upstream{}
+	u := &countingUpstream{}
 	u.Server = httptest.NewUnstartedServer(h)
 	u.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {

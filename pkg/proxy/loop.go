@@ -75,7 +75,7 @@ type loopItem interface{ event(ev uint32) }
 
 type loop struct {
 	s      *server
-	p      *Proxy
+	p      *httpProxy
 	epfd   int
 	wakefd int
 	tick   time.Duration // how often deadlines are checked
@@ -418,7 +418,7 @@ func (l *loop) trimBufs() {
 // connection (or the error) for c.
 func (l *loop) dial(c *loopClient, gen uint64) {
 	up := l.p.upstream
-	conn, err := l.p.dialer.DialContext(context.Background(), up.Network, up.Address)
+	conn, err := l.p.dialer.DialContext(context.Background(), up.network, up.address)
 	fd := -1
 	if err == nil {
 		fd, err = detachFd(conn)
@@ -460,7 +460,7 @@ func (l *loop) dialed(m loopMsg) {
 		}
 		return
 	}
-	u := &loopUp{l: l, fd: m.fd, readiness: readiness{writable: true}}
+	u := &loopUp{l: l, fd: m.fd, sockState: sockState{writable: true}}
 	tok, err := l.register(m.fd, u)
 	if err != nil {
 		unix.Close(m.fd)

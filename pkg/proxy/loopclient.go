@@ -46,7 +46,7 @@ type loopClient struct {
 	served    bool      // a request has been answered (the first one's header timeout runs from the accept)
 	idleSince time.Time // of csIdle: since the accept or the last response
 	lingered  int       // bytes dropped while lingering
-	readiness
+	sockState
 
 	// the request in flight
 	req      request // (its slices point into buf, which the body may overwrite: only the flags are kept)
@@ -92,7 +92,7 @@ func (l *loop) addClient(fd int, ip string) {
 	// is accepted, and registering an edge-triggered socket reports what
 	// it holds already, so epoll says when to read (no read that finds
 	// nothing).
-	c := &loopClient{l: l, fd: fd, readiness: readiness{writable: true}}
+	c := &loopClient{l: l, fd: fd, sockState: sockState{writable: true}}
 	c.h = heads{p: l.p, ip: ip}
 	tok, err := l.register(fd, c)
 	if err != nil {
@@ -107,12 +107,12 @@ func (l *loop) addClient(fd int, ip string) {
 	c.deadline = l.now.Add(l.p.cfg.ClientHeaderTimeout) // the first request's head: from the accept
 }
 
-// readiness is what epoll said of a socket (edge-triggered) and reading or
+// sockState is what epoll said of a socket (edge-triggered) and reading or
 // writing it has not yet contradicted.
-type readiness struct{ readable, writable, hup bool }
+type sockState struct{ readable, writable, hup bool }
 
 // note takes an event; gone: the peer hung up (or half-closed) or failed.
-func (r *readiness) note(ev uint32) (gone bool) {
+func (r *sockState) note(ev uint32) (gone bool) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r.readable = true
 	}
@@ -425,7 +425,7 @@ func (c *loopClient) waitBody() {
 // answered before it stopped reading (a 413, say): that response is read
 // and passed on; without one, the request failed.
 func (c *loopClient) sendFailed(err error) {
-	klog.V(4).InfoS("Upstream stopped taking the request", "upstream", c.l.p.upstream.Name, "err", err)
+	klog.V(4).InfoS("Upstream stopped taking the request", "upstream", c.l.p.upstream.name, "err", err)
 	c.upFailed = true
 	c.bodyDeadline = time.Time{}
 	c.up.readable = true

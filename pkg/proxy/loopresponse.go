@@ -39,7 +39,7 @@ type loopUp struct {
 	reused    bool        // taken from the pool (it may have gone stale)
 	got       bool        // a response byte arrived for this request
 	idleSince time.Time
-	readiness
+	sockState
 }
 
 func (u *loopUp) event(ev uint32) {
@@ -157,7 +157,7 @@ func (c *loopClient) readUp() bool {
 			c.upstreamFailed(err, !u.got)
 			return false
 		}
-		klog.V(2).InfoS("Upstream connection failed mid-response", "upstream", c.l.p.upstream.Name, "err", err)
+		klog.V(2).InfoS("Upstream connection failed mid-response", "upstream", c.l.p.upstream.name, "err", err)
 		c.close()
 		return false
 	}
@@ -279,7 +279,7 @@ func (c *loopClient) frame() bool {
 	case c.resp.length < 0:
 		n, done, err := c.chunks.scan(avail)
 		if err != nil {
-			klog.V(2).InfoS("Upstream sent a malformed chunked body", "upstream", c.l.p.upstream.Name, "err", err)
+			klog.V(2).InfoS("Upstream sent a malformed chunked body", "upstream", c.l.p.upstream.name, "err", err)
 			c.close()
 			return false
 		}
@@ -305,7 +305,7 @@ func (c *loopClient) upstreamFailed(err error, stale bool) {
 	}
 	c.dialing = false
 	if len(c.head) > 0 { // an interim head is half written: no room for another response
-		klog.V(2).InfoS("Upstream request failed after an interim response", "upstream", l.p.upstream.Name, "err", err)
+		klog.V(2).InfoS("Upstream request failed after an interim response", "upstream", l.p.upstream.name, "err", err)
 		c.close()
 		return
 	}
@@ -339,11 +339,11 @@ func (ph *heads) requestLine() []byte {
 
 // failure logs and counts a request's upstream failure and appends the
 // response for the client to dst (with Connection: close if closing).
-func (p *Proxy) failure(dst, request []byte, head bool, err error, closing bool) ([]byte, int) {
+func (p *httpProxy) failure(dst, request []byte, head bool, err error, closing bool) ([]byte, int) {
 	kind, code, what := classify(err)
 	p.metrics.upstream.WithLabelValues(kind).Inc()
-	p.errLog.log(kind, err, "Upstream request failed", "upstream", p.upstream.Name, "kind", kind, "request", string(request))
-	body := fmt.Sprintf("%d %s: upstream %s %s\n", code, http.StatusText(code), p.upstream.Name, what)
+	p.errLog.log(kind, err, "Upstream request failed", "upstream", p.upstream.name, "kind", kind, "request", string(request))
+	body := fmt.Sprintf("%d %s: upstream %s %s\n", code, http.StatusText(code), p.upstream.name, what)
 	return appendResponse(dst, code, body, head, closing), code
 }
 

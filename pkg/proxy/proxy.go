@@ -20,12 +20,12 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Proxy is the reverse-proxy handler of one worker: httputil.ReverseProxy
+// httpProxy is the reverse-proxy handler of one worker: httputil.ReverseProxy
 // for the requests the event loop hands over, and what the loop shares
 // with it (configuration, metrics, the dialer).
-type Proxy struct {
+type httpProxy struct {
 	cfg       Config
-	upstream  Upstream
+	upstream  upstream
 	dialer    *net.Dialer
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
@@ -34,20 +34,20 @@ type Proxy struct {
 	tunnels   sync.WaitGroup // upgraded connections, which Server.Shutdown does not wait for
 }
 
-// New builds the proxy for cfg and registers its metrics on reg (nil: not
+// newHTTPProxy builds the proxy for cfg and registers its metrics on reg (nil: not
 // registered).
-func New(cfg Config, reg prometheus.Registerer) (*Proxy, error) {
+func newHTTPProxy(cfg Config, reg prometheus.Registerer) (*httpProxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	up, _ := ParseUpstream(cfg.Upstream)
+	up, _ := parseUpstream(cfg.Upstream)
 	dialer := &net.Dialer{Timeout: cfg.UpstreamDialTimeout, KeepAlive: 30 * time.Second}
-	p := &Proxy{cfg: cfg, upstream: up, dialer: dialer, metrics: newMetrics(reg), errLog: newErrorLog(time.Second)}
+	p := &httpProxy{cfg: cfg, upstream: up, dialer: dialer, metrics: newMetrics(reg), errLog: newErrorLog(time.Second)}
 	p.transport = &http.Transport{
 		Proxy: nil, // never HTTP_PROXY from the environment
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, up.Network, up.Address)
+			return dialer.DialContext(ctx, up.network, up.address)
 		},
 		// No pool: net/http's Transport puts a connection back in its pool
 		// without checking that the upstream sent nothing past the
@@ -74,8 +74,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Proxy, error) {
 
 // rewrite sends the request to the upstream, keeping the client's Host and
 // path (joined to the upstream's base path) and adding X-Forwarded-*.
-func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
-	pr.SetURL(p.upstream.URL)
+func (p *httpProxy) rewrite(pr *httputil.ProxyRequest) {
+	pr.SetURL(p.upstream.url)
 	pr.Out.Host = pr.In.Host
 	if prior, ok := pr.In.Header["X-Forwarded-For"]; ok {
 		pr.Out.Header["X-Forwarded-For"] = prior // SetXForwarded appends to it
@@ -86,7 +86,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 // ServeHTTP proxies one request and counts it. The client body and send
 // timeouts are enforced with deadlines on the client connection, set
 // before every read of the body and every write of the response.
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rc := http.NewResponseController(w)
 	rec := &recorder{ResponseWriter: w, proxy: p, rc: rc}
@@ -128,7 +128,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // fail answers a request that got no response from the upstream.
-func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
+func (p *httpProxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 	rec, _ := w.(*recorder)
 	var body *timedBody
 	if rec != nil {
@@ -155,12 +155,12 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	kind, code, what := classify(err)
 	p.metrics.upstream.WithLabelValues(kind).Inc()
-	p.errLog.log(kind, err, "Upstream request failed", "upstream", p.upstream.Name, "kind", kind, "request", r.Method+" "+r.URL.Path)
+	p.errLog.log(kind, err, "Upstream request failed", "upstream", p.upstream.name, "kind", kind, "request", r.Method+" "+r.URL.Path)
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
-	fmt.Fprintf(w, "%d %s: upstream %s %s\n", code, http.StatusText(code), p.upstream.Name, what)
+	fmt.Fprintf(w, "%d %s: upstream %s %s\n", code, http.StatusText(code), p.upstream.name, what)
 }
 
 // writeProblem answers a refused request as the loop does.
@@ -217,16 +217,16 @@ func classify(err error) (kind string, code int, what string) {
 	return errOther, http.StatusBadGateway, "failed"
 }
 
-// CloseIdleConnections closes ReverseProxy's pooled upstream connections
+// closeIdleConnections closes ReverseProxy's pooled upstream connections
 // not in use (the loop closes its own when it stops).
-func (p *Proxy) CloseIdleConnections() {
+func (p *httpProxy) closeIdleConnections() {
 	p.transport.CloseIdleConnections()
 }
 
-// Server is an http.Server for p with the client timeouts and header
+// httpServer is an http.Server for p with the client timeouts and header
 // limit, counting client connections. net/http reads up to 4 KiB past
 // MaxHeaderBytes before it refuses a head, so it is given that much less.
-func (p *Proxy) Server() *http.Server {
+func (p *httpProxy) httpServer() *http.Server {
 	return &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: p.cfg.ClientHeaderTimeout,
@@ -244,9 +244,9 @@ func (p *Proxy) Server() *http.Server {
 	}
 }
 
-// WaitTunnels waits for upgraded connections to end (after Server.Shutdown,
+// waitTunnels waits for upgraded connections to end (after Server.Shutdown,
 // which does not wait for them), or for ctx.
-func (p *Proxy) WaitTunnels(ctx context.Context) error {
+func (p *httpProxy) waitTunnels(ctx context.Context) error {
 	return wait(ctx, &p.tunnels)
 }
 
@@ -270,7 +270,7 @@ func wait(ctx context.Context, wg *sync.WaitGroup) error {
 // reaches the real writer through Unwrap.
 type recorder struct {
 	http.ResponseWriter
-	proxy        *Proxy
+	proxy        *httpProxy
 	rc           *http.ResponseController
 	body         *timedBody // the request's, if it has one
 	code         int

@@ -40,18 +40,18 @@ func TestParseUpstream(t *testing.T) {
 		{in: "", err: "empty"},
 		{in: "127.0.0.1:3000", err: "want http://host:port"},
 	} {
-		u, err := ParseUpstream(tc.in)
+		u, err := parseUpstream(tc.in)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("%q: error %v, want one saying %q", tc.in, err, tc.err)
 			}
 			continue
 		}
-		if err != nil || u.Network != tc.network || u.Address != tc.address {
+		if err != nil || u.network != tc.network || u.address != tc.address {
 			t.Errorf("%q: got %+v, %v; want %s %s", tc.in, u, err, tc.network, tc.address)
 		}
 	}
-	if u, _ := ParseUpstream("tcp://x:1"); !u.L4 || u.URL != nil {
+	if u, _ := parseUpstream("tcp://x:1"); !u.l4 || u.url != nil {
 		t.Errorf("tcp://x:1 parsed as %+v, want L4 without a URL", u)
 	}
 }

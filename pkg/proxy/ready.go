@@ -18,7 +18,7 @@ const DefaultReadyTimeout = time.Second
 // path (http:// and unix: upstreams) it GETs the path and wants a 2xx or
 // 3xx; without one, or for tcp://, it dials the upstream.
 type Readiness struct {
-	upstream Upstream
+	upstream upstream
 	path     string // as given, for messages
 	target   string // the URL GET asks for
 	timeout  time.Duration
@@ -28,7 +28,7 @@ type Readiness struct {
 // NewReadiness builds the check for upstream (as --upstream) and path ("":
 // dial only). timeout 0 is DefaultReadyTimeout.
 func NewReadiness(upstream, path string, timeout time.Duration) (*Readiness, error) {
-	up, err := ParseUpstream(upstream)
+	up, err := parseUpstream(upstream)
 	if err != nil {
 		return nil, err
 	}
@@ -36,12 +36,12 @@ func NewReadiness(upstream, path string, timeout time.Duration) (*Readiness, err
 		timeout = DefaultReadyTimeout
 	}
 	r := &Readiness{upstream: up, timeout: timeout}
-	if path != "" && !up.L4 {
+	if path != "" && !up.l4 {
 		ref, err := url.Parse(path)
 		if err != nil || !strings.HasPrefix(path, "/") || ref.Host != "" {
 			return nil, fmt.Errorf("upstream ready path %q: want /path[?query]", path)
 		}
-		u := *up.URL
+		u := *up.url
 		u.Path, u.RawPath, u.RawQuery = ref.Path, ref.RawPath, ref.RawQuery
 		r.path, r.target = path, u.String()
 		var d net.Dialer
@@ -49,7 +49,7 @@ func NewReadiness(upstream, path string, timeout time.Duration) (*Readiness, err
 			Transport: &http.Transport{
 				Proxy: nil,
 				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-					return d.DialContext(ctx, up.Network, up.Address)
+					return d.DialContext(ctx, up.network, up.address)
 				},
 				DisableKeepAlives: true, // every check dials: it is what is checked
 			},
@@ -65,9 +65,9 @@ func (r *Readiness) Check(ctx context.Context) error {
 	defer cancel()
 	if r.client == nil {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, r.upstream.Network, r.upstream.Address)
+		c, err := d.DialContext(ctx, r.upstream.network, r.upstream.address)
 		if err != nil {
-			return fmt.Errorf("upstream %s: %w", r.upstream.Name, err)
+			return fmt.Errorf("upstream %s: %w", r.upstream.name, err)
 		}
 		return c.Close()
 	}
@@ -77,12 +77,12 @@ func (r *Readiness) Check(ctx context.Context) error {
 	}
 	resp, err := r.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("upstream %s: GET %s: %w", r.upstream.Name, r.path, err)
+		return fmt.Errorf("upstream %s: GET %s: %w", r.upstream.name, r.path, err)
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 	resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
-		return fmt.Errorf("upstream %s: GET %s: status %d", r.upstream.Name, r.path, resp.StatusCode)
+		return fmt.Errorf("upstream %s: GET %s: status %d", r.upstream.name, r.path, resp.StatusCode)
 	}
 	return nil
 }

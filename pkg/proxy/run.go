@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"net"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -34,24 +33,18 @@ func Run(cfg Config, addresses []string) error {
 	return nil
 }
 
-// frontend serves clients on listeners: the HTTP proxy or the L4
-// pass-through.
-type frontend interface {
-	Serve(ln net.Listener) error
-	// Shutdown stops accepting and waits for what is in flight.
-	Shutdown(ctx context.Context) error
-}
-
-func newFrontend(cfg Config, reg prometheus.Registerer) (frontend, error) {
-	if up, err := ParseUpstream(cfg.Upstream); err == nil && up.L4 {
-		return NewTCP(cfg, reg)
+// newFrontend is what serves clients on listeners: the HTTP proxy or the
+// L4 pass-through.
+func newFrontend(cfg Config, reg prometheus.Registerer) (cluster.Server, error) {
+	if up, err := parseUpstream(cfg.Upstream); err == nil && up.l4 {
+		return newTCPProxy(cfg, reg)
 	}
-	p, err := New(cfg, reg)
+	p, err := newHTTPProxy(cfg, reg)
 	if err != nil {
 		return nil, err
 	}
-	f := &httpFrontend{Service: p.NewService(), proxy: p}
-	if s, ok := f.Service.(*server); ok {
+	f := &httpFrontend{service: p.newService(), proxy: p}
+	if s, ok := f.service.(*server); ok {
 		return &loopFrontend{httpFrontend: f, s: s}, nil
 	}
 	return f, nil
@@ -71,20 +64,20 @@ func (f *loopFrontend) TakeListener(fd int) error { return f.s.TakeListener(fd) 
 // ReverseProxy); its Shutdown also waits for upgraded connections and
 // closes the upstream pool.
 type httpFrontend struct {
-	Service
-	proxy *Proxy
+	service
+	proxy *httpProxy
 }
 
 // Drain makes every client connection close after its next response.
 func (f *httpFrontend) Drain() {
-	if d, ok := f.Service.(cluster.Drainer); ok {
+	if d, ok := f.service.(cluster.Drainer); ok {
 		d.Drain()
 	}
 }
 
 func (f *httpFrontend) Shutdown(ctx context.Context) error {
-	err := f.Service.Shutdown(ctx)
-	f.proxy.WaitTunnels(ctx)
-	f.proxy.CloseIdleConnections()
+	err := f.service.Shutdown(ctx)
+	f.proxy.waitTunnels(ctx)
+	f.proxy.closeIdleConnections()
 	return err
 }

@@ -16,18 +16,17 @@ import (
 	"github.com/sidecar-project/sidecar/pkg/cluster"
 )
 
-// Service serves a Proxy on listeners: an *http.Server (ReverseProxy
-// only) or a *server (the event loop in front of one).
-type Service interface {
-	Serve(ln net.Listener) error
-	Shutdown(ctx context.Context) error
+// service serves an httpProxy on listeners: a *cluster.HTTPServer
+// (ReverseProxy only) or a *server (the event loop in front of one).
+type service interface {
+	cluster.Server
 	Close() error
 }
 
-// NewService is the server for p's configuration: the event loop with
+// newService is the server for p's configuration: the event loop with
 // Config.Fast (unless the system refuses it one), else the plain
 // http.Server.
-func (p *Proxy) NewService() Service {
+func (p *httpProxy) newService() service {
 	if p.cfg.Fast {
 		s, err := p.newServer()
 		if err == nil {
@@ -35,7 +34,7 @@ func (p *Proxy) NewService() Service {
 		}
 		klog.ErrorS(err, "Proxy event loop unavailable; serving every request with httputil.ReverseProxy")
 	}
-	return cluster.DrainHTTP(p.Server())
+	return cluster.DrainHTTP(p.httpServer())
 }
 
 // server serves the proxy on listeners: every accepted connection goes to
@@ -44,7 +43,7 @@ func (p *Proxy) NewService() Service {
 // fallback, net/http's server with httputil.ReverseProxy, with the bytes
 // it has read.
 type server struct {
-	p        *Proxy
+	p        *httpProxy
 	fallback *cluster.HTTPServer // serves the connections handed over
 	handoff  *handoffListener
 	served   chan struct{} // fallback.Serve returned
@@ -59,9 +58,9 @@ type server struct {
 	handedOver atomic.Int64 // connections given to fallback (for tests)
 }
 
-func (p *Proxy) newServer() (*server, error) {
+func (p *httpProxy) newServer() (*server, error) {
 	s := &server{
-		p: p, fallback: cluster.DrainHTTP(p.Server()), served: make(chan struct{}),
+		p: p, fallback: cluster.DrainHTTP(p.httpServer()), served: make(chan struct{}),
 		handoff: &handoffListener{ch: make(chan net.Conn), done: make(chan struct{})},
 		lns:     map[net.Listener]struct{}{},
 	}

@@ -52,7 +52,7 @@ func (l *heldListener) Addr() net.Addr { return l.addr }
 func TestShutdownServesWhatTheListenerStillHolds(t *testing.T) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
 	cfg := Config{Upstream: up.URL, Fast: loopMode}
-	p, err := New(cfg, prometheus.NewRegistry())
+	p, err := newHTTPProxy(cfg, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestShutdownServesWhatTheListenerStillHolds(t *testing.T) {
 		clients = append(clients, client)
 		ln.held = append(ln.held, server)
 	}
-	srv := p.NewService()
+	srv := p.newService()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -104,5 +104,5 @@ func TestShutdownServesWhatTheListenerStillHolds(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 	<-served
-	p.CloseIdleConnections()
+	p.closeIdleConnections()
 }

@@ -19,18 +19,18 @@ import (
 // its connections to the upstream closed) when the test ends.
 func loopServer(t *testing.T, upstreamURL string) *server {
 	t.Helper()
-	p, err := New(Config{Upstream: upstreamURL, Fast: true}, prometheus.NewRegistry())
+	p, err := newHTTPProxy(Config{Upstream: upstreamURL, Fast: true}, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, ok := p.NewService().(*server)
+	s, ok := p.newService().(*server)
 	if !ok {
 		t.Fatal("no event loop")
 	}
 	s.fallback.ErrorLog = nil
 	t.Cleanup(func() {
 		s.Close()
-		p.CloseIdleConnections()
+		p.closeIdleConnections()
 	})
 	return s
 }

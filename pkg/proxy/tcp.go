@@ -15,12 +15,12 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// TCPProxy is the L4 pass-through of one worker (a tcp:// upstream): every
+// tcpProxy is the L4 pass-through of one worker (a tcp:// upstream): every
 // accepted connection gets its own upstream connection and bytes are copied
 // both ways until both sides have finished.
-type TCPProxy struct {
+type tcpProxy struct {
 	cfg      Config
-	upstream Upstream
+	upstream upstream
 	dialer   net.Dialer
 	metrics  *metrics
 
@@ -31,18 +31,18 @@ type TCPProxy struct {
 	conns     sync.WaitGroup // connections being passed through
 }
 
-// NewTCP builds the pass-through for cfg (a tcp:// upstream) and registers
+// newTCPProxy builds the pass-through for cfg (a tcp:// upstream) and registers
 // its metrics on reg (nil: not registered).
-func NewTCP(cfg Config, reg prometheus.Registerer) (*TCPProxy, error) {
+func newTCPProxy(cfg Config, reg prometheus.Registerer) (*tcpProxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	up, _ := ParseUpstream(cfg.Upstream)
-	if !up.L4 {
+	up, _ := parseUpstream(cfg.Upstream)
+	if !up.l4 {
 		return nil, fmt.Errorf("upstream %q is not tcp://host:port", cfg.Upstream)
 	}
-	return &TCPProxy{
+	return &tcpProxy{
 		cfg: cfg, upstream: up, metrics: newMetrics(reg),
 		dialer:    net.Dialer{Timeout: cfg.UpstreamDialTimeout, KeepAlive: 30 * time.Second},
 		listeners: map[net.Listener]struct{}{},
@@ -51,7 +51,7 @@ func NewTCP(cfg Config, reg prometheus.Registerer) (*TCPProxy, error) {
 
 // Serve accepts connections on ln and passes each through until ln is
 // closed (by Shutdown); it returns net.ErrClosed then.
-func (p *TCPProxy) Serve(ln net.Listener) error {
+func (p *tcpProxy) Serve(ln net.Listener) error {
 	if !p.track(ln) {
 		ln.Close()
 		return net.ErrClosed
@@ -80,7 +80,7 @@ func (p *TCPProxy) Serve(ln net.Listener) error {
 	}
 }
 
-func (p *TCPProxy) track(ln net.Listener) bool {
+func (p *tcpProxy) track(ln net.Listener) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closing {
@@ -91,14 +91,14 @@ func (p *TCPProxy) track(ln net.Listener) bool {
 	return true
 }
 
-func (p *TCPProxy) untrack(ln net.Listener) {
+func (p *tcpProxy) untrack(ln net.Listener) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.listeners, ln)
 	p.serving.Done()
 }
 
-func (p *TCPProxy) isClosing() bool {
+func (p *tcpProxy) isClosing() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.closing
@@ -108,7 +108,7 @@ func (p *TCPProxy) isClosing() bool {
 // through to end, or for ctx. A connection accepted as it began is passed
 // through too: it waits for the Serve loops to return first, so that no
 // connection is counted in after it started waiting.
-func (p *TCPProxy) Shutdown(ctx context.Context) error {
+func (p *tcpProxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	p.closing = true
 	for ln := range p.listeners {
@@ -123,17 +123,17 @@ func (p *TCPProxy) Shutdown(ctx context.Context) error {
 
 // pass dials the upstream for client and copies both ways; client is closed
 // when it returns.
-func (p *TCPProxy) pass(client net.Conn) {
+func (p *tcpProxy) pass(client net.Conn) {
 	defer client.Close()
-	up, err := p.dialer.Dial(p.upstream.Network, p.upstream.Address)
+	up, err := p.dialer.Dial(p.upstream.network, p.upstream.address)
 	if err != nil {
 		kind, _, what := classify(err)
 		p.metrics.upstream.WithLabelValues(kind).Inc()
-		klog.ErrorS(err, "Upstream connection failed", "upstream", p.upstream.Name, "kind", kind, "what", what, "client", client.RemoteAddr().String())
+		klog.ErrorS(err, "Upstream connection failed", "upstream", p.upstream.name, "kind", kind, "what", what, "client", client.RemoteAddr().String())
 		return
 	}
 	defer up.Close()
-	klog.V(4).InfoS("Passing through", "client", client.RemoteAddr().String(), "upstream", p.upstream.Name)
+	klog.V(4).InfoS("Passing through", "client", client.RemoteAddr().String(), "upstream", p.upstream.name)
 	if err := splice(client, up, p.cfg.TCPIdleTimeout); err != nil {
 		klog.V(4).InfoS("Pass-through ended", "client", client.RemoteAddr().String(), "reason", err.Error())
 	}

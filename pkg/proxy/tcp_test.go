@@ -22,9 +22,9 @@ func echo(c *net.TCPConn) {
 
 // startTCP serves a TCPProxy for cfg on 127.0.0.1:0 until the test ends and
 // returns it with its address.
-func startTCP(t *testing.T, cfg Config) (*TCPProxy, string) {
+func startTCP(t *testing.T, cfg Config) (*tcpProxy, string) {
 	t.Helper()
-	p, err := NewTCP(cfg, nil)
+	p, err := newTCPProxy(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestTCPIdleTimeout(t *testing.T) {
 }
 
 func TestTCPShutdownWaitsForConnections(t *testing.T) {
-	p, err := NewTCP(Config{Upstream: "tcp://" + testkit.ServeTCP(t, echo)}, nil)
+	p, err := newTCPProxy(Config{Upstream: "tcp://" + testkit.ServeTCP(t, echo)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
