@@ -17,6 +17,7 @@ import (
 	"github.com/sidecar-project/sidecar/pkg/acceptor"
 	cfgfile "github.com/sidecar-project/sidecar/pkg/config"
 	"github.com/sidecar-project/sidecar/pkg/proxy"
+	"github.com/sidecar-project/sidecar/pkg/workers"
 )
 
 // config is everything the command line and SIDECAR_* variables say.
@@ -90,13 +91,13 @@ func buildConfig(args []string, getenv func(string) string, stderr io.Writer, fi
 	check := fs.Bool("check", false, "with --config: check the file and the settings, print what they give, and exit 0 (valid) or 2, starting nothing")
 	listen := &listFlag{values: []string{":8080"}}
 	fs.Var(listen, "listen", "address to accept on, repeatable: `ADDR` is :8080, 127.0.0.1:0, [::1]:8080, unix:/path or fd:N")
-	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "`N` worker processes; the default is GOMAXPROCS, which follows the container's CPU limit")
+	nWorkers := fs.Int("workers", runtime.GOMAXPROCS(0), "`N` worker processes; the default is GOMAXPROCS, which follows the container's CPU limit")
 	schedule := fs.String("schedule", "", "`MODE`: rr (the master accepts and hands connections out round-robin) or shared (workers accept on the listening socket); default rr, or NODE_CLUSTER_SCHED_POLICY=rr|none")
-	startTimeout := fs.Duration("start-timeout", 30*time.Second, "a worker not listening this long after it starts is killed and counts as a crash")
-	handoff := fs.Duration("handoff-timeout", 30*time.Second, "a worker that leaves a handed-off connection unacknowledged this long is hung: it is killed (exit reason hung) and respawned, and the connection goes to another worker; 0 disables the check")
-	drainTimeout := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long workers get to finish in-flight work before SIGKILL")
-	killTimeout := fs.Duration("kill-timeout", 5*time.Second, "after a worker is sent SIGTERM, how long before SIGKILL")
-	queueSize := fs.Int("queue-size", 1024, "connections held per listener while every worker is busy; accepting pauses beyond it")
+	startTimeout := fs.Duration("start-timeout", workers.DefaultStartTimeout, "a worker not listening this long after it starts is killed and counts as a crash")
+	handoff := fs.Duration("handoff-timeout", workers.DefaultHandoffTimeout, "a worker that leaves a handed-off connection unacknowledged this long is hung: it is killed (exit reason hung) and respawned, and the connection goes to another worker; 0 disables the check")
+	drainTimeout := fs.Duration("drain-timeout", workers.DefaultDisconnectTimeout, "on SIGTERM, how long workers get to finish in-flight work before SIGKILL")
+	killTimeout := fs.Duration("kill-timeout", workers.DefaultKillTimeout, "after a worker is sent SIGTERM, how long before SIGKILL")
+	queueSize := fs.Int("queue-size", acceptor.DefaultQueueSize, "connections held per listener while every worker is busy; accepting pauses beyond it")
 	adminAddr := fs.String("admin-addr", ":9901", "`ADDR` of the admin server (/metrics, /livez, /readyz, /healthz); \"\" disables it")
 	enablePprof := fs.Bool("enable-pprof", false, "serve /debug/pprof/ on the admin server")
 	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of them (it follows --workers as the pool grows and shrinks)")
@@ -129,7 +130,7 @@ func buildConfig(args []string, getenv func(string) string, stderr io.Writer, fi
 	} else if c.check {
 		return nil, usageError{"--check needs --config FILE"}
 	}
-	c.workers, c.schedule, c.startTimeout, c.handoff = *workers, *schedule, *startTimeout, *handoff
+	c.workers, c.schedule, c.startTimeout, c.handoff = *nWorkers, *schedule, *startTimeout, *handoff
 	c.drainTimeout, c.killTimeout, c.queueSize = *drainTimeout, *killTimeout, *queueSize
 	c.adminAddr, c.enablePprof, c.minReady, c.shutdown = *adminAddr, *enablePprof, *minReady, *shutdownDelay
 	c.verbosity = *verbosity

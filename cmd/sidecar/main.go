@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -27,7 +26,6 @@ import (
 
 	"github.com/sidecar-project/sidecar/pkg/acceptor"
 	cfgfile "github.com/sidecar-project/sidecar/pkg/config"
-	"github.com/sidecar-project/sidecar/pkg/hello"
 	"github.com/sidecar-project/sidecar/pkg/metrics"
 	"github.com/sidecar-project/sidecar/pkg/proxy"
 	"github.com/sidecar-project/sidecar/pkg/workers"
@@ -35,12 +33,6 @@ import (
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
-
-// Built-in workers are this binary re-executed with these variables.
-const (
-	envBuiltin       = "SIDECAR_BUILTIN"
-	envBuiltinListen = "SIDECAR_BUILTIN_LISTEN"
-)
 
 func main() {
 	if kind, ok := os.LookupEnv(envBuiltin); ok {
@@ -279,40 +271,14 @@ func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {
 	}
 	command := cfg.command
 	if len(command) == 0 {
-		self, err := os.Executable()
-		if err != nil {
-			self = "/proc/self/exe"
-		}
-		list, _ := json.Marshal(addrs)
-		command = []string{self}
-		env = append(env, envBuiltin+"="+builtinKind(cfg), envBuiltinListen+"="+string(list))
-		env = append(env, builtinProxyEnv(cfg)...)
-		env = append(env, builtinProcs(cfg)...)
+		var benv []string
+		command, benv = builtinCommand(cfg, addrs)
+		env = append(env, benv...)
 	}
 	return workers.Config{
 		Workers: cfg.workers, Command: command, Env: env,
 		StartTimeout: cfg.startTimeout, HandoffTimeout: cfg.handoff, DisconnectTimeout: cfg.drainTimeout, KillTimeout: cfg.killTimeout,
 	}
-}
-
-// builtinProcs shares the CPUs between the built-in hello workers:
-// GOMAXPROCS of the master's CPUs ÷ workers, at least 1, unless the
-// environment sets it. With a worker per CPU, a hello worker on one P
-// serves about 10% more new connections than on all of them (its
-// goroutines no longer hop between Ps: the Go scheduler's spinning was
-// five nanosleeps per connection); the proxy worker, whose event loop
-// holds a thread of its own, is faster with the default.
-func builtinProcs(cfg *config) []string {
-	if cfg.proxy != nil {
-		return nil
-	}
-	if _, ok := cfg.env["GOMAXPROCS"]; ok {
-		return nil
-	}
-	if _, ok := os.LookupEnv("GOMAXPROCS"); ok {
-		return nil
-	}
-	return []string{"GOMAXPROCS=" + strconv.Itoa(max(1, runtime.GOMAXPROCS(0)/max(1, cfg.workers)))}
 }
 
 func commandText(c []string) string {
@@ -321,31 +287,6 @@ func commandText(c []string) string {
 	}
 	b, _ := json.Marshal(c)
 	return string(b)
-}
-
-// runBuiltin is the worker side of this binary.
-func runBuiltin(kind string) int {
-	var addrs []string
-	if err := json.Unmarshal([]byte(os.Getenv(envBuiltinListen)), &addrs); err != nil {
-		fmt.Fprintf(os.Stderr, "sidecar worker: bad %s: %v\n", envBuiltinListen, err)
-		return 1
-	}
-	os.Unsetenv(envBuiltin)
-	os.Unsetenv(envBuiltinListen)
-	var err error
-	switch kind {
-	case "hello":
-		err = hello.Run(addrs)
-	case "proxy":
-		err = runProxy(addrs)
-	default:
-		err = fmt.Errorf("unknown built-in worker %q", kind)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "sidecar worker: %v\n", err)
-		return 1
-	}
-	return 0
 }
 
 // workerSpec is what cfg's workers run (see workerConfig).

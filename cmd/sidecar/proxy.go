@@ -1,19 +1,14 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/sidecar-project/sidecar/pkg/health"
 	"github.com/sidecar-project/sidecar/pkg/proxy"
 )
-
-// envBuiltinProxy carries the proxy.Config (JSON) to built-in proxy workers.
-const envBuiltinProxy = "SIDECAR_BUILTIN_PROXY"
 
 // proxyFlags are the flags of the built-in reverse-proxy workers.
 type proxyFlags struct {
@@ -116,37 +111,10 @@ func (m *app) upstreamCheck() health.Check {
 	})
 }
 
-// builtinKind is the built-in worker the master runs without a command.
-func builtinKind(cfg *config) string {
-	if cfg.proxy != nil {
-		return "proxy"
-	}
-	return "hello"
-}
-
-// builtinProxyEnv is what a built-in proxy worker needs in its environment.
-func builtinProxyEnv(cfg *config) []string {
-	if cfg.proxy == nil {
-		return nil
-	}
-	b, _ := json.Marshal(cfg.proxy)
-	return []string{envBuiltinProxy + "=" + string(b)}
-}
-
 // workerText names the workers for the log.
 func workerText(cfg *config) string {
 	if cfg.proxy != nil {
 		return "(built-in proxy to " + cfg.proxy.Upstream + ")"
 	}
 	return commandText(cfg.command)
-}
-
-// runProxy is a built-in proxy worker.
-func runProxy(addrs []string) error {
-	var cfg proxy.Config
-	if err := json.Unmarshal([]byte(os.Getenv(envBuiltinProxy)), &cfg); err != nil {
-		return fmt.Errorf("bad %s: %w", envBuiltinProxy, err)
-	}
-	os.Unsetenv(envBuiltinProxy)
-	return proxy.Run(cfg, addrs)
 }

@@ -18,6 +18,9 @@ import (
 	"github.com/sidecar-project/sidecar/pkg/ipc"
 )
 
+// DefaultQueueSize is Options.QueueSize when it is not set.
+const DefaultQueueSize = 1024
+
 // Observer is told what the acceptor does, for metrics. Its methods are
 // called on the hot path and must be cheap and non-blocking.
 type Observer interface {
@@ -46,7 +49,8 @@ type Options struct {
 	// instead of dispatching connections round-robin.
 	Shared bool
 	// QueueSize bounds the connections waiting for a free worker, per
-	// listener; accepting pauses while it is full. Default 1024.
+	// listener; accepting pauses while it is full. Default
+	// DefaultQueueSize.
 	QueueSize int
 	// Observer is told about accepts and dispatches; nil means nobody.
 	Observer Observer
@@ -69,7 +73,7 @@ type Acceptor struct {
 // New returns an Acceptor with no listeners.
 func New(opts Options) *Acceptor {
 	if opts.QueueSize <= 0 {
-		opts.QueueSize = 1024
+		opts.QueueSize = DefaultQueueSize
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}

@@ -8,7 +8,7 @@
 //
 // Operational notes:
 //
-//   - Worker channels are read on the acceptor's event loop (Registry's
+//   - Worker channels are read on the acceptor's event loop (Dispatcher's
 //     Attach), so replies to newconn never leave the thread that accepts;
 //     the other messages, and the end of a channel, come to the
 //     supervisor's goroutine as events.

@@ -53,11 +53,11 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 		w.drainable = true
 		s.tellDraining(w)
 	case ipc.ActClose:
-		s.reg.CloseKey(w, m.Key)
+		s.disp.CloseKey(w, m.Key)
 		w.logger.V(2).Info("Worker closed a server", "key", m.Key)
 	case ipc.ActExitedAfterDisconnect:
 		w.voluntary = true
-		s.reg.Remove(w)
+		s.disp.Remove(w)
 		if w.state < Disconnecting {
 			s.setState(w, Disconnecting)
 			s.escalate(w, s.cfg.DisconnectTimeout) // it must still exit
@@ -73,7 +73,7 @@ func (s *Supervisor) onQueryServer(w *Worker, m *ipc.Message) {
 	if w.state >= Disconnecting {
 		return // Node ignores it too: the worker is on its way out
 	}
-	r := s.reg.Query(w, m)
+	r := s.disp.Query(w, m)
 	if r.Errno != 0 {
 		w.logger.Error(r.Err, "Cannot serve what the worker asked for", "key", r.Key, "errno", r.Errno)
 	} else {
@@ -141,7 +141,7 @@ func (s *Supervisor) onListening(w *Worker, m *ipc.Message) {
 
 // onChannelEnd: the worker closed its channel, sent garbage, or died.
 func (s *Supervisor) onChannelEnd(w *Worker, err error) {
-	s.reg.Remove(w)
+	s.disp.Remove(w)
 	if w.state == Dead {
 		return
 	}
@@ -180,7 +180,7 @@ func (s *Supervisor) disconnect(w *Worker, termAfter, killAfter time.Duration) {
 		return
 	}
 	w.voluntary = true
-	s.reg.Remove(w)
+	s.disp.Remove(w)
 	s.setState(w, Disconnecting)
 	if err := w.ch.SendJSON(struct {
 		Act string `json:"act"`
@@ -264,7 +264,7 @@ func (s *Supervisor) onExit(ex Exit) {
 	delete(s.byPid, ex.Pid)
 	w.stopTimers()
 	w.ch.Close()
-	s.reg.Remove(w)
+	s.disp.Remove(w)
 	_ = w.proc.Release()
 	s.setState(w, Dead)
 	reason := exitReason(w, ex.Status)

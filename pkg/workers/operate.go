@@ -134,7 +134,7 @@ func (s *Supervisor) retire(w *Worker) {
 		return
 	}
 	w.voluntary = true
-	s.reg.Remove(w)
+	s.disp.Remove(w)
 	w.drained = true
 	if err := w.ch.SendUser(map[string]string{"sidecar": "drain"}); err != nil {
 		w.logger.V(2).Info("Cannot tell the worker to drain", "err", err)

@@ -17,6 +17,18 @@ import (
 	"github.com/sidecar-project/sidecar/pkg/ipc"
 )
 
+// The supervisor's defaults, for a Config field left zero.
+const (
+	DefaultStartTimeout      = 30 * time.Second
+	DefaultDisconnectTimeout = 30 * time.Second
+	DefaultKillTimeout       = 5 * time.Second
+	DefaultHandoffTimeout    = 30 * time.Second // sidecar's flag default (0 in a Config disables the check)
+	DefaultBackoffMin        = 100 * time.Millisecond
+	DefaultBackoffMax        = 10 * time.Second
+	DefaultStableAfter       = 10 * time.Second
+	DefaultMaxStartFailures  = 5
+)
+
 // Config is what the supervisor needs to run the pool.
 type Config struct {
 	Workers int
@@ -49,14 +61,14 @@ func (c *Config) setDefaults() {
 			*d = v
 		}
 	}
-	def(&c.StartTimeout, 30*time.Second)
-	def(&c.DisconnectTimeout, 30*time.Second)
-	def(&c.KillTimeout, 5*time.Second)
-	def(&c.BackoffMin, 100*time.Millisecond)
-	def(&c.BackoffMax, 10*time.Second)
-	def(&c.StableAfter, 10*time.Second)
+	def(&c.StartTimeout, DefaultStartTimeout)
+	def(&c.DisconnectTimeout, DefaultDisconnectTimeout)
+	def(&c.KillTimeout, DefaultKillTimeout)
+	def(&c.BackoffMin, DefaultBackoffMin)
+	def(&c.BackoffMax, DefaultBackoffMax)
+	def(&c.StableAfter, DefaultStableAfter)
 	if c.MaxStartFailures <= 0 {
-		c.MaxStartFailures = 5
+		c.MaxStartFailures = DefaultMaxStartFailures
 	}
 	if c.Stdout == nil {
 		c.Stdout = os.Stdout
@@ -88,8 +100,10 @@ func (nopObserver) Restarted(int)                  {}
 func (nopObserver) SlotRemoved(int)                {}
 func (nopObserver) RollFinished(string)            {}
 
-// Registry is the acceptor as the supervisor uses it.
-type Registry interface {
+// Dispatcher is what the supervisor needs of the acceptor: it answers the
+// workers' server queries (listen, close) and dispatches connections to
+// their channels.
+type Dispatcher interface {
 	Query(t acceptor.Target, q *ipc.Message) acceptor.Reply
 	CloseKey(t acceptor.Target, key string)
 	Remove(t acceptor.Target)
@@ -120,7 +134,7 @@ type slot struct {
 // Run; everything else talks to it through events.
 type Supervisor struct {
 	cfg     Config
-	reg     Registry
+	disp    Dispatcher
 	events  chan any
 	running chan struct{} // closed when Run starts
 	done    chan struct{} // closed when Run returns
@@ -142,8 +156,9 @@ type Supervisor struct {
 	giveUp     error
 }
 
-// New returns a supervisor for cfg whose workers register with reg.
-func New(cfg Config, reg Registry) (*Supervisor, error) {
+// New returns a supervisor for cfg whose workers' servers and connections
+// go through disp.
+func New(cfg Config, disp Dispatcher) (*Supervisor, error) {
 	cfg.setDefaults()
 	if cfg.Workers < 1 {
 		return nil, fmt.Errorf("workers: need at least 1 worker, got %d", cfg.Workers)
@@ -152,7 +167,7 @@ func New(cfg Config, reg Registry) (*Supervisor, error) {
 		return nil, errors.New("workers: no worker command")
 	}
 	s := &Supervisor{
-		cfg: cfg, reg: reg,
+		cfg: cfg, disp: disp,
 		events:     make(chan any, 256),
 		running:    make(chan struct{}),
 		done:       make(chan struct{}),
@@ -487,7 +502,7 @@ func (s *Supervisor) start(id, i int, spec *Spec, logger klog.Logger) (*Worker, 
 	}
 	// The channel is read on the acceptor's event loop: hot-path replies
 	// are consumed there, everything else comes to this loop.
-	err = s.reg.Attach(ch,
+	err = s.disp.Attach(ch,
 		func(m *ipc.Message) { s.post(msgEvent{w, m}) },
 		func(err error) { s.post(chanEndEvent{w, err}) })
 	if err != nil {
