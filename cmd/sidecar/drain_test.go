@@ -133,7 +133,7 @@ func leaverWorker() int {
 	mux.HandleFunc("/leave", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "worker %d leaves", cluster.ID())
 		go func() {
-			if cw, _ := cluster.Current(); cw != nil {
+			if cw, err := cluster.Current(); err == nil {
 				cw.Disconnect()
 			}
 		}()

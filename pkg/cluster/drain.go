@@ -77,7 +77,7 @@ func (w *Worker) beginDrain() {
 // it shuts hs down. (http.Server.Shutdown alone closes every idle
 // connection at once, racing a client that is sending on it, and drops
 // the request of a connection it had not read yet.)
-// ServeUntilDisconnect does this to an *http.Server itself; use it for a
+// Worker.Serve does this to an *http.Server itself; use it for a
 // server run otherwise. It sets hs.Handler and hs.ConnState (calling the
 // ones hs had).
 func DrainHTTP(hs *http.Server) *HTTPServer {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -21,11 +22,11 @@ import (
 // it is net.Listen.
 func Listen(network, address string) (net.Listener, error) {
 	w, err := Current()
+	if errors.Is(err, ErrNotWorker) {
+		return net.Listen(network, address)
+	}
 	if err != nil {
 		return nil, err
-	}
-	if w == nil {
-		return net.Listen(network, address)
 	}
 	return w.Listen(network, address)
 }
@@ -35,9 +36,6 @@ func Send(v any) error {
 	w, err := Current()
 	if err != nil {
 		return err
-	}
-	if w == nil {
-		return ErrNotWorker
 	}
 	return w.Send(v)
 }

@@ -22,7 +22,7 @@ func (m *fakeMaster) disconnectWorker() {
 	}
 }
 
-// rawServer records what ServeUntilDisconnect gives a RawServer.
+// rawServer records what Serve gives a RawServer.
 type rawServer struct {
 	take     int // how many of each batch TakeConns takes
 	mu       sync.Mutex
@@ -80,7 +80,7 @@ func TestRawServerTakesConnections(t *testing.T) {
 	srv := &rawServer{take: 2, shutdown: make(chan struct{})}
 	defer srv.close()
 	done := make(chan error, 1)
-	go func() { done <- m.w.ServeUntilDisconnect(srv, []string{fmt.Sprintf("127.0.0.1:%d", port)}) }()
+	go func() { done <- m.w.Serve(srv, fmt.Sprintf("127.0.0.1:%d", port)) }()
 	q := m.expect(ipc.ActQueryServer)
 	m.reply(q, map[string]any{
 		"errno": 0, "key": "k", "data": nil,
@@ -112,10 +112,10 @@ func TestRawServerTakesConnections(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Errorf("ServeUntilDisconnect: %v", err)
+			t.Errorf("Serve: %v", err)
 		}
 	case <-time.After(wait):
-		t.Fatal("ServeUntilDisconnect did not return")
+		t.Fatal("Serve did not return")
 	}
 }
 
@@ -131,7 +131,7 @@ func TestRawServerTakesTheSharedListener(t *testing.T) {
 	defer f.Close()
 	srv := &rawServer{shutdown: make(chan struct{})}
 	defer srv.close()
-	go m.w.ServeUntilDisconnect(srv, []string{fmt.Sprintf("127.0.0.1:%d", port)})
+	go m.w.Serve(srv, fmt.Sprintf("127.0.0.1:%d", port))
 	q := m.expect(ipc.ActQueryServer)
 	m.reply(q, map[string]any{"errno": 0, "key": "s", "data": nil}, int(f.Fd()))
 	if l := m.expect(ipc.ActListening); l.Port != int64(port) {

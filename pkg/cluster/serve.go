@@ -9,7 +9,7 @@ import (
 	"strings"
 )
 
-// Server is what ServeUntilDisconnect runs on each listener; *http.Server
+// Server is what Serve runs on each listener; *http.Server
 // is one.
 type Server interface {
 	Serve(ln net.Listener) error
@@ -18,7 +18,7 @@ type Server interface {
 }
 
 // RawServer is a Server with an event loop of its own (sidecar's proxy
-// worker): ServeUntilDisconnect gives it connections as descriptors,
+// worker): Serve gives it connections as descriptors,
 // straight from the master's handoff, never through Go's poller, and
 // under --schedule shared the listening socket itself. Its Serve is not
 // called.
@@ -35,12 +35,9 @@ type RawServer interface {
 	TakeListener(fd int) error
 }
 
-// ListenAddress listens on an address as the master names its listeners:
-// "host:port", "unix:/path" or "fd:N".
-func (w *Worker) ListenAddress(a string) (net.Listener, error) {
-	return w.listenAddress(a, nil)
-}
-
+// listenAddress listens on an address as the master names its listeners:
+// "host:port", "unix:/path" or "fd:N"; raw, if not nil, takes what the
+// master sends itself.
 func (w *Worker) listenAddress(a string, raw RawServer) (net.Listener, error) {
 	switch {
 	case strings.HasPrefix(a, "unix:"):
@@ -51,8 +48,9 @@ func (w *Worker) listenAddress(a string, raw RawServer) (net.Listener, error) {
 	return w.listen("tcp", a, raw)
 }
 
-// ServeUntilDisconnect serves srv on every address (see ListenAddress)
-// until the master disconnects the worker; then srv is shut down, what is
+// Serve serves srv on every address ("host:port", "unix:/path" or
+// "fd:N", as the master names its listeners) until the master disconnects
+// the worker; then srv is shut down, what is
 // in flight finishes, and it returns nil. It returns an error when a listen
 // fails or srv stops serving on its own.
 //
@@ -60,7 +58,7 @@ func (w *Worker) listenAddress(a string, raw RawServer) (net.Listener, error) {
 // that is a Drainer is told (an *http.Server is made one: see DrainHTTP),
 // so that every response then closes its keep-alive connection and no
 // client has its connection closed under a request it is sending.
-func (w *Worker) ServeUntilDisconnect(srv Server, addresses []string) error {
+func (w *Worker) Serve(srv Server, addresses ...string) error {
 	if len(addresses) == 0 {
 		return errors.New("cluster: no address to listen on")
 	}
@@ -101,15 +99,15 @@ func (w *Worker) ServeUntilDisconnect(srv Server, addresses []string) error {
 
 // Serve serves srv on address ("host:port", "unix:/path") until the master
 // disconnects this worker, then lets in-flight work finish and returns
-// nil (see Worker.ServeUntilDisconnect). Outside a master it listens itself
-// and serves until srv stops.
+// nil (see Worker.Serve). Outside a master it listens itself and serves
+// until srv stops.
 func Serve(srv Server, address string) error {
 	w, err := Current()
-	if err != nil {
-		return err
+	if err == nil {
+		return w.Serve(srv, address)
 	}
-	if w != nil {
-		return w.ServeUntilDisconnect(srv, []string{address})
+	if !errors.Is(err, ErrNotWorker) {
+		return err
 	}
 	network := "tcp"
 	if path, ok := strings.CutPrefix(address, "unix:"); ok {

@@ -53,7 +53,8 @@ var (
 )
 
 // Current returns this process's Worker, opening the channel on first use.
-// It returns nil and no error when the process is not a worker.
+// Outside a master (no NODE_UNIQUE_ID) it returns ErrNotWorker; another
+// error means the channel environment is unusable.
 func Current() (*Worker, error) {
 	currentOnce.Do(func() { current, currentErr = open(os.Exit) })
 	return current, currentErr
@@ -61,8 +62,8 @@ func Current() (*Worker, error) {
 
 // IsWorker reports whether this process runs under a cluster master.
 func IsWorker() bool {
-	w, _ := Current()
-	return w != nil
+	_, err := Current()
+	return err == nil
 }
 
 // ID returns the worker id the master gave this process (1, 2, …), or 0
@@ -78,7 +79,7 @@ func ID() int {
 func open(exit func(int)) (*Worker, error) {
 	idText, ok := os.LookupEnv(EnvUniqueID)
 	if !ok {
-		return nil, nil
+		return nil, ErrNotWorker
 	}
 	fdText := os.Getenv(EnvChannelFD)
 	mode := os.Getenv(EnvSerialization)

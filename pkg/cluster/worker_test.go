@@ -215,8 +215,8 @@ func checkEnvUnset(t *testing.T) {
 func TestOpenOutsideMaster(t *testing.T) {
 	setChannelEnv(t, "-", "-", "-")
 	w, err := open(func(int) { t.Error("exit called") })
-	if w != nil || err != nil {
-		t.Fatalf("open without %s = %v, %v; want nil, nil", EnvUniqueID, w, err)
+	if w != nil || !errors.Is(err, ErrNotWorker) {
+		t.Fatalf("open without %s = %v, %v; want nil, ErrNotWorker", EnvUniqueID, w, err)
 	}
 }
 

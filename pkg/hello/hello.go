@@ -45,11 +45,8 @@ func Run(addresses []string) error {
 	if err != nil {
 		return err
 	}
-	if w == nil {
-		return cluster.ErrNotWorker
-	}
 	srv := &http.Server{Handler: Handler(w.ID(), w.Registry()), ReadHeaderTimeout: 30 * time.Second}
-	if err := w.ServeUntilDisconnect(srv, addresses); err != nil {
+	if err := w.Serve(srv, addresses...); err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
 	return nil

@@ -19,15 +19,12 @@ func Run(cfg Config, addresses []string) error {
 	if err != nil {
 		return err
 	}
-	if w == nil {
-		return cluster.ErrNotWorker
-	}
 	fe, err := newFrontend(cfg, w.Registry())
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
 	klog.V(2).InfoS("Proxying", "worker", w.ID(), "upstream", cfg.Upstream, "addresses", addresses)
-	if err := w.ServeUntilDisconnect(fe, addresses); err != nil {
+	if err := w.Serve(fe, addresses...); err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
 	return nil

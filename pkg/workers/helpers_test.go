@@ -98,7 +98,7 @@ func runHelper(spec string) int {
 // linger never exits afterwards).
 func serve(leave, linger bool) error {
 	w, err := cluster.Current()
-	if err != nil || w == nil {
+	if err != nil {
 		return fmt.Errorf("not a worker: %v", err)
 	}
 	ln, err := w.Listen("tcp", os.Getenv(envAddr))
