@@ -17,7 +17,7 @@
 //   - httputil.ReverseProxy in an http.Server, for what the loop hands
 //     over: HTTP/1.0, Upgrade (WebSocket tunnels), absolute-form,
 //     authority-form and asterisk-form targets; and for everything with
-//     --proxy-fast=false. Its Transport keeps no pool (see New).
+//     --proxy-fast=false. Its Transport keeps no pool (see newHTTPProxy).
 //
 // The loop's parser is the one hand-written HTTP parser of the project and
 // is strict where a lenient reading could let the client, the proxy and
