@@ -23,13 +23,17 @@ import (
 // TestContentLengthUploadStreams: a 64 MiB upload with a Content-Length
 // arrives whole, through the proxy's buffers, not all at once.
 func TestContentLengthUploadStreams(t *testing.T) {
+	run(t, testContentLengthUploadStreams)
+}
+
+func testContentLengthUploadStreams(t *testing.T, mode testMode) {
 	const size = 64 << 20
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := crc32.NewIEEE()
 		n, err := io.Copy(h, r.Body)
 		io.WriteString(w, strconv.FormatInt(n, 10)+" "+strconv.FormatUint(uint64(h.Sum32()), 10)+" "+errText(err)+" "+strconv.FormatInt(r.ContentLength, 10))
 	}))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	sum := crc32.NewIEEE()
 	io.Copy(sum, io.LimitReader(&pattern{}, size))
 	req, _ := http.NewRequest("PUT", p.url, io.LimitReader(&pattern{}, size))
@@ -52,16 +56,18 @@ func TestContentLengthUploadStreams(t *testing.T) {
 // Connection: close, while the client is still sending; the client reads
 // it whole (no reset) and the connection then ends.
 func TestEarlyResponseDuringUpload(t *testing.T) {
-	if !loopMode {
-		t.Skip("net/http's Transport reports the failed body write (a 502), not the early response")
-	}
+	// loop mode only: net/http's Transport reports the failed body write (a 502), not the early response
+	run(t, testEarlyResponseDuringUpload, loopMode)
+}
+
+func testEarlyResponseDuringUpload(t *testing.T, mode testMode) {
 	up := rawUpstreamFunc(t, func(c *net.TCPConn, br *bufio.Reader) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
 		io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n")
 	})
-	p := startProxy(t, Config{Upstream: up})
+	p := startProxy(t, mode, Config{Upstream: up})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n")
 	sending := make(chan error, 1)
@@ -92,9 +98,11 @@ func rawUpstreamFunc(t *testing.T, serve func(c *net.TCPConn, br *bufio.Reader))
 // echo) gets each piece of the body as the client sends it, and the client
 // gets each echo before it sends the next piece.
 func TestFullDuplexStreaming(t *testing.T) {
-	if !loopMode {
-		t.Skip("net/http's server does not read a body once its handler has written (full duplex is opt-in)")
-	}
+	// loop mode only: net/http's server does not read a body once its handler has written (full duplex is opt-in)
+	run(t, testFullDuplexStreaming, loopMode)
+}
+
+func testFullDuplexStreaming(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.NewResponseController(w).EnableFullDuplex()
 		w.WriteHeader(200)
@@ -111,7 +119,7 @@ func TestFullDuplexStreaming(t *testing.T) {
 			}
 		}
 	}))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
 	resp, err := http.ReadResponse(br, nil)
@@ -135,6 +143,10 @@ func TestFullDuplexStreaming(t *testing.T) {
 // and disconnected after the body timeout; the upstream request is
 // dropped, and it counts as a client timeout, not an upstream error.
 func TestBodyTimeout(t *testing.T) {
+	run(t, testBodyTimeout)
+}
+
+func testBodyTimeout(t *testing.T, mode testMode) {
 	upstreamGone := make(chan struct{}, 1)
 	up := rawUpstreamFunc(t, func(c *net.TCPConn, br *bufio.Reader) {
 		req, err := http.ReadRequest(br)
@@ -144,7 +156,7 @@ func TestBodyTimeout(t *testing.T) {
 		io.Copy(io.Discard, req.Body) // until the proxy gives up
 		upstreamGone <- struct{}{}
 	})
-	p := startProxy(t, Config{Upstream: up, ClientBodyTimeout: 300 * time.Millisecond})
+	p := startProxy(t, mode, Config{Upstream: up, ClientBodyTimeout: 300 * time.Millisecond})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
 	resp, err := http.ReadResponse(br, nil)
@@ -171,16 +183,20 @@ func TestBodyTimeout(t *testing.T) {
 // disconnected after the send timeout (the loop resets the connection, so
 // the kernel drops what it held for it).
 func TestSendTimeout(t *testing.T) {
+	run(t, testSendTimeout)
+}
+
+func testSendTimeout(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(w, io.LimitReader(&pattern{}, 256<<20))
 	}))
-	p := startProxy(t, Config{Upstream: up.URL, ClientSendTimeout: 300 * time.Millisecond})
+	p := startProxy(t, mode, Config{Upstream: up.URL, ClientSendTimeout: 300 * time.Millisecond})
 	c, _ := dialProxy(t, p)
 	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
 	testkit.WaitFor(t, "the send timeout to close the connection", 10*time.Second, func() bool {
 		return testutil.ToFloat64(p.metrics.timeouts.WithLabelValues(timeoutSend)) == 1 && testutil.ToFloat64(p.metrics.active) == 0
 	})
-	if !loopMode {
+	if mode == plainMode {
 		return // (net/http closes it without a reset: the kernel may go on sending what it holds)
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -195,11 +211,13 @@ func TestSendTimeout(t *testing.T) {
 // proxy closes its side and drops what comes in, rather than resetting
 // the connection (which can destroy the response before it is read).
 func TestLingeringCloseKeepsTheResponse(t *testing.T) {
-	if !loopMode {
-		t.Skip("net/http's server closes at once after a 400 (its comment: \"undefined behavior\")")
-	}
+	// loop mode only: net/http's server closes at once after a 400 (its comment: "undefined behavior")
+	run(t, testLingeringCloseKeepsTheResponse, loopMode)
+}
+
+func testLingeringCloseKeepsTheResponse(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	for i := 0; i < 5; i++ {
 		c, br := dialProxy(t, p)
 		junk := bytes.Repeat([]byte("x"), 1<<20)
@@ -224,9 +242,11 @@ func TestLingeringCloseKeepsTheResponse(t *testing.T) {
 // with Connection: close (the client never sent its body), and the
 // connection ends.
 func TestExpectAnsweredWithoutContinue(t *testing.T) {
-	if !loopMode {
-		t.Skip("ReverseProxy waits for the body the client was never asked for, until the body timeout")
-	}
+	// loop mode only: ReverseProxy waits for the body the client was never asked for, until the body timeout
+	run(t, testExpectAnsweredWithoutContinue, loopMode)
+}
+
+func testExpectAnsweredWithoutContinue(t *testing.T, mode testMode) {
 	up := rawUpstreamFunc(t, func(c *net.TCPConn, br *bufio.Reader) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
@@ -234,7 +254,7 @@ func TestExpectAnsweredWithoutContinue(t *testing.T) {
 		io.WriteString(c, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno")
 		io.Copy(io.Discard, br)
 	})
-	p := startProxy(t, Config{Upstream: up})
+	p := startProxy(t, mode, Config{Upstream: up})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
 	resp, err := http.ReadResponse(br, nil)
@@ -253,9 +273,11 @@ func TestExpectAnsweredWithoutContinue(t *testing.T) {
 // upstream writes unasked is closed by the proxy; the next request goes
 // on a new connection and gets its own answer, not the unasked bytes.
 func TestIdleUpstreamThatSpeaksIsDropped(t *testing.T) {
-	if !loopMode {
-		t.Skip("the plain path has no upstream pool")
-	}
+	// loop mode only: the plain path has no upstream pool
+	run(t, testIdleUpstreamThatSpeaksIsDropped, loopMode)
+}
+
+func testIdleUpstreamThatSpeaksIsDropped(t *testing.T, mode testMode) {
 	var conns atomic.Int64
 	speak := make(chan struct{})
 	dropped := make(chan struct{}, 1)
@@ -278,7 +300,7 @@ func TestIdleUpstreamThatSpeaksIsDropped(t *testing.T) {
 			}
 		}
 	})
-	p := startProxy(t, Config{Upstream: up})
+	p := startProxy(t, mode, Config{Upstream: up})
 	c := newClient(1)
 	get := func(path string) string {
 		resp, err := c.Get(p.url + path)
@@ -362,11 +384,13 @@ func TestTakeIdleSkipsConnectionsWithBytes(t *testing.T) {
 // and the next request gets its own answer. (Found by review: the body's
 // bytes were parsed as a request, a client-side desync.)
 func TestUnsentBodyIsNotTheNextRequest(t *testing.T) {
-	if !loopMode {
-		t.Skip("the event loop's buffering")
-	}
-	for _, mode := range []string{"early answer", "stalled upstream"} {
-		t.Run(mode, func(t *testing.T) {
+	// loop mode only: a case of the event loop's buffering
+	run(t, testUnsentBodyIsNotTheNextRequest, loopMode)
+}
+
+func testUnsentBodyIsNotTheNextRequest(t *testing.T, mode testMode) {
+	for _, scenario := range []string{"early answer", "stalled upstream"} {
+		t.Run(scenario, func(t *testing.T) {
 			var smuggled atomic.Bool
 			stalled := make(chan struct{})
 			t.Cleanup(func() { close(stalled) })
@@ -389,7 +413,7 @@ func TestUnsentBodyIsNotTheNextRequest(t *testing.T) {
 						switch {
 						case strings.Contains(line, "/smuggled"):
 							smuggled.Store(true)
-						case strings.HasPrefix(line, "POST") && mode == "early answer":
+						case strings.HasPrefix(line, "POST") && scenario == "early answer":
 							io.CopyN(io.Discard, br, 64<<10)
 							io.WriteString(c, "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
 							return
@@ -406,7 +430,7 @@ func TestUnsentBodyIsNotTheNextRequest(t *testing.T) {
 					}()
 				}
 			}()
-			p := startProxy(t, Config{Upstream: "unix:" + path, MaxHeaderBytes: 1 << 20, UpstreamResponseTimeout: 500 * time.Millisecond})
+			p := startProxy(t, mode, Config{Upstream: "unix:" + path, MaxHeaderBytes: 1 << 20, UpstreamResponseTimeout: 500 * time.Millisecond})
 			c, br := dialProxy(t, p)
 			body := "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 			go io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("b", 1000000)+
@@ -435,9 +459,13 @@ func TestUnsentBodyIsNotTheNextRequest(t *testing.T) {
 // longer than the upstream response timeout, but within the body timeout,
 // is served: the upstream is not timed while it waits for the client.
 func TestUploadPauseWithinTheBodyTimeout(t *testing.T) {
+	run(t, testUploadPauseWithinTheBodyTimeout)
+}
+
+func testUploadPauseWithinTheBodyTimeout(t *testing.T, mode testMode) {
 	up := startRecordingUpstream(t, "", false)
 	const responseTimeout = 300 * time.Millisecond
-	p := startProxy(t, Config{Upstream: "http://" + up.addr, ClientBodyTimeout: time.Minute, UpstreamResponseTimeout: responseTimeout})
+	p := startProxy(t, mode, Config{Upstream: "http://" + up.addr, ClientBodyTimeout: time.Minute, UpstreamResponseTimeout: responseTimeout})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello")
 	<-time.After(3 * responseTimeout) // the client's pause is the scenario, not a wait for the proxy

@@ -109,9 +109,13 @@ func desyncUpstream(t *testing.T, kinds *[upKinds]atomic.Int64) string {
 // may ever receive a response meant for another request, nor the
 // upstream's extra ones.
 func TestNoResponseReachesTheWrongClient(t *testing.T) {
+	run(t, testNoResponseReachesTheWrongClient)
+}
+
+func testNoResponseReachesTheWrongClient(t *testing.T, mode testMode) {
 	var kinds [upKinds]atomic.Int64
 	up := desyncUpstream(t, &kinds)
-	workers := []*proxyUnderTest{startProxy(t, Config{Upstream: up}), startProxy(t, Config{Upstream: up})}
+	workers := []*proxyUnderTest{startProxy(t, mode, Config{Upstream: up}), startProxy(t, mode, Config{Upstream: up})}
 	const clients, perClient = 24, 60
 	var wg sync.WaitGroup
 	var good, failed atomic.Int64

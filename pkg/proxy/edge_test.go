@@ -344,17 +344,21 @@ func rawResponseCases() []rawCase {
 	}
 }
 
-// TestRawExchanges runs the table on the path under test (the event loop,
-// or with SIDECAR_PROXY_TEST_MODE=plain the ReverseProxy server alone).
+// TestRawExchanges runs the table on both paths: the event loop, and the
+// ReverseProxy server alone (where a case's plain outcome, if any, holds).
 func TestRawExchanges(t *testing.T) {
+	run(t, testRawExchanges)
+}
+
+func testRawExchanges(t *testing.T, mode testMode) {
 	for _, tc := range append(rawRequestCases(), rawResponseCases()...) {
 		t.Run(tc.name, func(t *testing.T) {
 			want := tc.want
-			if !loopMode && tc.plain != nil {
+			if mode == plainMode && tc.plain != nil {
 				want = *tc.plain
 			}
 			up := startRecordingUpstream(t, tc.resp, tc.respClose)
-			p := startProxy(t, Config{Upstream: "http://" + up.addr})
+			p := startProxy(t, mode, Config{Upstream: "http://" + up.addr})
 			c, br := dialProxy(t, p)
 			if _, err := io.WriteString(c, tc.req); err != nil {
 				t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -285,4 +286,174 @@ func FuzzResponseHead(f *testing.F) {
 			t.Fatalf("the proxy writes %q: length %d, want %d", ph.resp, out.ContentLength, resp.length)
 		}
 	})
+}
+
+// TestParseStatusLine: "HTTP/1.x SP 3DIGIT [SP reason]", nothing else.
+func TestParseStatusLine(t *testing.T) {
+	for _, tc := range []struct {
+		line   string
+		code   int
+		http10 bool
+		ok     bool
+	}{
+		{"HTTP/1.1 200 OK", 200, false, true},
+		{"HTTP/1.1 200", 200, false, true},  // no reason
+		{"HTTP/1.1 200 ", 200, false, true}, // an empty reason
+		{"HTTP/1.0 404 Not Found", 404, true, true},
+		{"HTTP/1.1 599 Whatever it says", 599, false, true},
+		{"HTTP/1.1 100 Continue", 100, false, true},
+		{"HTTP/1.1 101 Switching Protocols", 101, false, true},
+		{"HTTP/1.1 999 x", 999, false, true},
+		{"HTTP/1.1 200 caf\xe9\ttab", 200, false, true}, // obs-text and HTAB in the reason
+		{"HTTP/1.1 099 Low", 0, false, false},           // below 100
+		{"HTTP/1.1 000 Zero", 0, false, false},
+		{"HTTP/1.0 099 Low", 0, false, false},
+		{"HTTP/1.2 200 OK", 0, false, false},
+		{"HTTP/2.0 200 OK", 0, false, false},
+		{"HTTP/1.10 200 OK", 0, false, false},
+		{"http/1.1 200 OK", 0, false, false},
+		{"HTTP/1.1  200 OK", 0, false, false}, // two spaces
+		{"HTTP/1.1 20 OK", 0, false, false},
+		{"HTTP/1.1 2000 OK", 0, false, false},
+		{"HTTP/1.1 2x0 OK", 0, false, false},
+		{"HTTP/1.1 -20 OK", 0, false, false},
+		{"HTTP/1.1\t200 OK", 0, false, false},
+		{"HTTP/1.1 200\tOK", 0, false, false}, // the code not followed by SP
+		{"HTTP/1.1 200 O\x00K", 0, false, false},
+		{"HTTP/1.1 200 O\rK", 0, false, false},
+		{"HTTP/1.1 200 OK\x7f", 0, false, false},
+		{"HTTP/1.1 20", 0, false, false},
+		{"HTTP/1.1 ", 0, false, false},
+		{"", 0, false, false},
+		{"SSH-2.0-OpenSSH", 0, false, false},
+		{" HTTP/1.1 200 OK", 0, false, false},
+	} {
+		code, http10, ok := parseStatusLine([]byte(tc.line))
+		if ok != tc.ok || ok && (code != tc.code || http10 != tc.http10) {
+			t.Errorf("%q: %d (1.0 %v) ok %v, want %d (%v) ok %v", tc.line, code, http10, ok, tc.code, tc.http10, tc.ok)
+		}
+	}
+}
+
+// TestScanResponse: what the loop learns of a response's fields, given
+// the request and the status line: its framing, and whether the upstream
+// closes after it; a response framed two ways, or any way but
+// Content-Length and chunked, is refused (a 502).
+func TestScanResponse(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		fields string // CRLF-separated
+		code   int
+		http10 bool
+		head   bool // a response to HEAD
+		ok     bool
+		want   response // its code is tc.code's
+	}{
+		{name: "Content-Length", fields: "Content-Length: 5", code: 200, ok: true,
+			want: response{length: 5, hasLength: true, declared: 5}},
+		{name: "Content-Length 0", fields: "Content-Length: 0", code: 200, ok: true,
+			want: response{length: 0, hasLength: true, declared: 0}},
+		{name: "leading zeros", fields: "Content-Length: 007", code: 200, ok: true,
+			want: response{length: 7, hasLength: true, declared: 7}},
+		{name: "two equal lengths", fields: "Content-Length: 5\r\nContent-Length: 5", code: 200, ok: true,
+			want: response{length: 5, hasLength: true, declared: 5}},
+		{name: "two lengths", fields: "Content-Length: 5\r\nContent-Length: 6", code: 200},
+		{name: "lengths 3 then 03", fields: "Content-Length: 3\r\nContent-Length: 03", code: 200, ok: true, // the same number
+			want: response{length: 3, hasLength: true, declared: 3}},
+		{name: "length list", fields: "Content-Length: 5, 5", code: 200},
+		{name: "length sign", fields: "Content-Length: +5", code: 200},
+		{name: "length empty", fields: "Content-Length: ", code: 200},
+		{name: "length of 19 digits", fields: "Content-Length: 1000000000000000000", code: 200},
+		{name: "length of 18 digits", fields: "Content-Length: 999999999999999999", code: 200, ok: true,
+			want: response{length: 999999999999999999, hasLength: true, declared: 999999999999999999}},
+		{name: "chunked", fields: "Transfer-Encoding: chunked", code: 200, ok: true,
+			want: response{length: -1}},
+		{name: "chunked, any case", fields: "transfer-encoding: Chunked", code: 200, ok: true,
+			want: response{length: -1}},
+		{name: "TE and CL", fields: "Transfer-Encoding: chunked\r\nContent-Length: 5", code: 200},
+		{name: "CL and TE", fields: "Content-Length: 5\r\nTransfer-Encoding: chunked", code: 200},
+		{name: "TE twice", fields: "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked", code: 200},
+		{name: "TE gzip", fields: "Transfer-Encoding: gzip", code: 200},
+		{name: "TE gzip, chunked", fields: "Transfer-Encoding: gzip, chunked", code: 200},
+		{name: "TE identity", fields: "Transfer-Encoding: identity", code: 200},
+		{name: "TE in a 1.0 response", fields: "Transfer-Encoding: chunked", code: 200, http10: true},
+		{name: "no framing", fields: "X: y", code: 200, ok: true,
+			want: response{toEOF: true}},
+		{name: "no framing, Connection: close", fields: "Connection: close", code: 200, ok: true,
+			want: response{toEOF: true, close: true}},
+		{name: "Connection: close", fields: "Content-Length: 2\r\nConnection: close", code: 200, ok: true,
+			want: response{length: 2, hasLength: true, declared: 2, close: true}},
+		{name: "Connection: X, Close", fields: "Connection: X, Close\r\nContent-Length: 2", code: 200, ok: true,
+			want: response{length: 2, hasLength: true, declared: 2, close: true}},
+		{name: "Connection: closed", fields: "Connection: closed\r\nContent-Length: 2", code: 200, ok: true,
+			want: response{length: 2, hasLength: true, declared: 2}},
+		{name: "Proxy-Connection: close", fields: "Proxy-Connection: close\r\nContent-Length: 2", code: 200, ok: true, // only Connection says it
+			want: response{length: 2, hasLength: true, declared: 2}},
+		{name: "HTTP/1.0", fields: "Content-Length: 2", code: 200, http10: true, ok: true,
+			want: response{length: 2, hasLength: true, declared: 2, close: true}},
+		{name: "HTTP/1.0 keep-alive", fields: "Content-Length: 2\r\nConnection: keep-alive", code: 200, http10: true, ok: true,
+			want: response{length: 2, hasLength: true, declared: 2}},
+		{name: "HTTP/1.0 Keep-Alive among others", fields: "Connection: X-A, Keep-Alive\r\nContent-Length: 2", code: 200, http10: true, ok: true,
+			want: response{length: 2, hasLength: true, declared: 2}},
+		{name: "HTTP/1.0 keep-alive and close", fields: "Connection: keep-alive, close\r\nContent-Length: 2", code: 200, http10: true, ok: true,
+			want: response{length: 2, hasLength: true, declared: 2, close: true}},
+		{name: "HTTP/1.0 until EOF", code: 200, http10: true, ok: true,
+			want: response{toEOF: true, close: true}},
+		{name: "HTTP/1.1 keep-alive", fields: "Connection: keep-alive", code: 200, ok: true,
+			want: response{toEOF: true}},
+		{name: "204", fields: "Content-Length: 9", code: 204, ok: true,
+			want: response{length: 0, hasLength: true, declared: 9}},
+		{name: "204 unframed", code: 204, ok: true,
+			want: response{}},
+		{name: "204 chunked", fields: "Transfer-Encoding: chunked", code: 204, ok: true,
+			want: response{}},
+		{name: "304", fields: "Content-Length: 9", code: 304, ok: true,
+			want: response{length: 0, hasLength: true, declared: 9}},
+		{name: "304 unframed", code: 304, ok: true,
+			want: response{}},
+		{name: "HEAD", fields: "Content-Length: 9", code: 200, head: true, ok: true,
+			want: response{length: 0, hasLength: true, declared: 9}},
+		{name: "HEAD chunked", fields: "Transfer-Encoding: chunked", code: 200, head: true, ok: true,
+			want: response{}},
+		{name: "HEAD unframed", code: 200, head: true, ok: true,
+			want: response{}},
+		{name: "HEAD two lengths", fields: "Content-Length: 9\r\nContent-Length: 8", code: 200, head: true},
+		{name: "100", code: 100, ok: true,
+			want: response{}},
+		{name: "103 with a length", fields: "Content-Length: 4\r\nLink: </a>", code: 103, ok: true,
+			want: response{length: 0, hasLength: true, declared: 4}},
+		{name: "1xx refused framing", fields: "Transfer-Encoding: chunked\r\nContent-Length: 4", code: 103},
+		{name: "205", fields: "Content-Length: 0", code: 205, ok: true,
+			want: response{length: 0, hasLength: true, declared: 0}},
+		{name: "404 chunked, close", fields: "Transfer-Encoding: chunked\r\nConnection: close", code: 404, ok: true,
+			want: response{length: -1, close: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ph := testHeads(t)
+			status := "HTTP/1.1"
+			if tc.http10 {
+				status = "HTTP/1.0"
+			}
+			head := status + " " + strconv.Itoa(tc.code) + " X\r\n"
+			if tc.fields != "" {
+				head += tc.fields + "\r\n"
+			}
+			_, hdrs, ok := ph.scanFields([]byte(head + "\r\n"))
+			if !ok {
+				t.Fatalf("scanFields refused %q", head)
+			}
+			resp, ok := ph.scanResponse(hdrs, &request{head: tc.head}, tc.code, tc.http10)
+			if ok != tc.ok {
+				t.Fatalf("%q: ok %v, want %v (%+v)", head, ok, tc.ok, resp)
+			}
+			if !ok {
+				return
+			}
+			want := tc.want
+			want.code = tc.code
+			if resp != want {
+				t.Errorf("%q:\ngot  %+v\nwant %+v", head, resp, want)
+			}
+		})
+	}
 }

@@ -15,21 +15,51 @@ import (
 	"github.com/sidecar-project/sidecar/pkg/cluster"
 )
 
+// testMode is the server a test runs the proxy on.
+type testMode string
+
+const (
+	loopMode  testMode = "loop"  // the event loop in front of ReverseProxy (Config.Fast)
+	plainMode testMode = "plain" // ReverseProxy's http.Server alone
+)
+
+// TBRun is a *testing.T or a *testing.B: what run needs of it.
+type TBRun[T any] interface {
+	testing.TB
+	Run(string, func(T)) bool
+}
+
+// run runs f once per mode, each as a subtest named for the mode (go test
+// -run 'TestX/plain' runs one): in both modes by default, or in the modes
+// given, for a test that makes sense on one path only. (net/http's tests
+// run their modes so: run in net/http/clientserver_test.go.)
+func run[T TBRun[T]](t T, f func(t T, mode testMode), modes ...testMode) {
+	t.Helper()
+	if len(modes) == 0 {
+		modes = []testMode{loopMode, plainMode}
+	}
+	for _, mode := range modes {
+		t.Run(string(mode), func(t T) {
+			t.Helper()
+			f(t, mode)
+		})
+	}
+}
+
 // proxyUnderTest is a Proxy served on 127.0.0.1 with its own registry.
 type proxyUnderTest struct {
 	*httpProxy
-	url string // http://127.0.0.1:port
-	reg *prometheus.Registry
+	url    string // http://127.0.0.1:port
+	reg    *prometheus.Registry
+	server *server // the event loop's server (loop mode); nil in plain mode
 }
 
-// lastServer is the event loop's server startProxy made last (loop mode).
-var lastServer *server
-
-// startProxy serves a Proxy for cfg on 127.0.0.1:0 until the test ends.
-func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
+// startProxy serves a Proxy for cfg on 127.0.0.1:0, on the server of mode
+// (cfg.Fast is set for it), until the test ends.
+func startProxy(t testing.TB, mode testMode, cfg Config) *proxyUnderTest {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	cfg.Fast = loopMode
+	cfg.Fast = mode == loopMode
 	p, err := newHTTPProxy(cfg, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -38,13 +68,14 @@ func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pt := &proxyUnderTest{httpProxy: p, url: "http://" + ln.Addr().String(), reg: reg}
 	srv := p.newService()
 	switch s := srv.(type) {
 	case *cluster.HTTPServer:
 		s.ErrorLog = nil
 	case *server:
 		s.fallback.ErrorLog = nil
-		lastServer = s
+		pt.server = s
 	}
 	served := make(chan struct{})
 	go func() {
@@ -56,7 +87,10 @@ func startProxy(t testing.TB, cfg Config) *proxyUnderTest {
 		<-served
 		p.closeIdleConnections()
 	})
-	return &proxyUnderTest{httpProxy: p, url: "http://" + ln.Addr().String(), reg: reg}
+	if (pt.server != nil) != (mode == loopMode) { // (newService falls back to net/http alone without an event loop)
+		t.Fatalf("%s mode, but the proxy is served by a %T", mode, srv)
+	}
+	return pt
 }
 
 // countingUpstream is an HTTP server on 127.0.0.1 that counts the connections made

@@ -18,10 +18,14 @@ func TestConcurrentClients(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a two-second load test")
 	}
+	run(t, testConcurrentClients)
+}
+
+func testConcurrentClients(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.URL.Query().Get("n"))
 	}))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	const clients = 200
 	c := newClient(clients)
 	end := time.Now().Add(2 * time.Second)
@@ -59,7 +63,7 @@ func TestConcurrentClients(t *testing.T) {
 	if n < clients {
 		t.Errorf("only %d requests", n)
 	}
-	if loopMode && conns > 2*clients { // (the plain path has no pool)
+	if mode == loopMode && conns > 2*clients { // (the plain path has no pool)
 		t.Errorf("%d upstream connections for %d concurrent clients: the pool is not reused", conns, clients)
 	}
 }

@@ -22,8 +22,12 @@ import (
 // TestPipelinedRequests: requests sent back to back in one write, one
 // with a body, are answered in order on the one connection.
 func TestPipelinedRequests(t *testing.T) {
+	run(t, testPipelinedRequests)
+}
+
+func testPipelinedRequests(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"+
 		"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody"+
@@ -54,8 +58,12 @@ func TestPipelinedRequests(t *testing.T) {
 // in pieces, gets through whole (the loop hands such a request to a
 // goroutine).
 func TestBodyInLaterSegments(t *testing.T) {
+	run(t, testBodyInLaterSegments)
+}
+
+func testBodyInLaterSegments(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
 	for _, piece := range []string{"01234", "56789"} {
@@ -78,6 +86,10 @@ func TestBodyInLaterSegments(t *testing.T) {
 // while its request waits for the upstream gets the upstream request
 // cancelled (its connection closed) and the request counted as 499.
 func TestClientHangupCancelsTheUpstreamRequest(t *testing.T) {
+	run(t, testClientHangupCancelsTheUpstreamRequest)
+}
+
+func testClientHangupCancelsTheUpstreamRequest(t *testing.T, mode testMode) {
 	arrived, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		arrived <- struct{}{}
@@ -87,7 +99,7 @@ func TestClientHangupCancelsTheUpstreamRequest(t *testing.T) {
 		case <-time.After(10 * time.Second):
 		}
 	}))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c, _ := dialProxy(t, p)
 	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
 	waitChan(t, arrived, "the request to reach the upstream")
@@ -111,6 +123,10 @@ func waitChan(t *testing.T, ch <-chan struct{}, what string) {
 // upstream has sent far more than the socket buffers hold still gets the
 // whole response, intact, and the connection serves another request.
 func TestSlowReaderGetsEveryByte(t *testing.T) {
+	run(t, testSlowReaderGetsEveryByte)
+}
+
+func testSlowReaderGetsEveryByte(t *testing.T, mode testMode) {
 	const size = 64 << 20
 	var sent atomic.Int64
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -132,7 +148,7 @@ func TestSlowReaderGetsEveryByte(t *testing.T) {
 			sent.Add(int64(n))
 		}
 	}))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c, br := dialProxy(t, p)
 	c.SetDeadline(time.Now().Add(time.Minute))
 	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -186,6 +202,10 @@ func rawUpstream(t *testing.T, answer func(i int) (resp string, closeAfter bool)
 // closes, a chunked one with trailers, and interim 1xx responses all reach
 // the client as sent.
 func TestResponseFramings(t *testing.T) {
+	run(t, testResponseFramings)
+}
+
+func testResponseFramings(t *testing.T, mode testMode) {
 	for _, tc := range []struct {
 		name, upstream string
 		closeAfter     bool
@@ -199,7 +219,7 @@ func TestResponseFramings(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := rawUpstream(t, func(int) (string, bool) { return tc.upstream, tc.closeAfter })
-			p := startProxy(t, Config{Upstream: up})
+			p := startProxy(t, mode, Config{Upstream: up})
 			c, br := dialProxy(t, p)
 			for i := 0; i < 2; i++ {
 				io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -234,6 +254,10 @@ func TestResponseFramings(t *testing.T) {
 // TestMalformedUpstreamResponseIs502: a response head that is not HTTP
 // gets the client a 502 and leaves the client connection usable.
 func TestMalformedUpstreamResponseIs502(t *testing.T) {
+	run(t, testMalformedUpstreamResponseIs502)
+}
+
+func testMalformedUpstreamResponseIs502(t *testing.T, mode testMode) {
 	var n atomic.Int64 // requests over all connections
 	up := rawUpstream(t, func(int) (string, bool) {
 		if n.Add(1) == 1 {
@@ -241,7 +265,7 @@ func TestMalformedUpstreamResponseIs502(t *testing.T) {
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false
 	})
-	p := startProxy(t, Config{Upstream: up})
+	p := startProxy(t, mode, Config{Upstream: up})
 	c, br := dialProxy(t, p)
 	for i, want := range []int{502, 200} {
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -260,12 +284,14 @@ func TestMalformedUpstreamResponseIs502(t *testing.T) {
 // chunked uploads and Expect: 100-continue itself; an HTTP/1.0 request
 // and an Upgrade go to net/http's server, which answers them.
 func TestLoopHandsOverWhatItDoesNotServe(t *testing.T) {
-	if !loopMode {
-		t.Skip("event loop only")
-	}
+	// loop mode only: the hand-over is the event loop's
+	run(t, testLoopHandsOverWhatItDoesNotServe, loopMode)
+}
+
+func testLoopHandsOverWhatItDoesNotServe(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	p := startProxy(t, Config{Upstream: up.URL})
-	s := lastServer
+	p := startProxy(t, mode, Config{Upstream: up.URL})
+	s := p.server
 	c := newClient(1)
 	for _, body := range []io.Reader{nil, strings.NewReader("abc"), io.MultiReader(strings.NewReader("chunked body"))} {
 		req, _ := http.NewRequest("POST", p.url+"/x", body)
@@ -314,11 +340,13 @@ func TestLoopHandsOverWhatItDoesNotServe(t *testing.T) {
 // the connection's last request or its dial: the proxy's count starts no
 // earlier). Otherwise the scenario is tried again.
 func TestShutdownLosesNoRequest(t *testing.T) {
-	if !loopMode {
-		t.Skip("event loop only (net/http's Shutdown gives new connections 5 s)")
-	}
+	// loop mode only: net/http's Shutdown gives new connections 5 s
+	run(t, testShutdownLosesNoRequest, loopMode)
+}
+
+func testShutdownLosesNoRequest(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	for try := 1; !shutdownLosesNoRequest(t, up.URL); try++ {
+	for try := 1; !shutdownLosesNoRequest(t, mode, up.URL); try++ {
 		if try == 5 {
 			t.Logf("every try was too slow to show that a request within the grace is served")
 			return
@@ -328,9 +356,9 @@ func TestShutdownLosesNoRequest(t *testing.T) {
 
 // shutdownLosesNoRequest runs TestShutdownLosesNoRequest's scenario once on
 // a proxy of its own; false when the test was too slow to show anything.
-func shutdownLosesNoRequest(t *testing.T, upstreamURL string) bool {
-	p := startProxy(t, Config{Upstream: upstreamURL})
-	fs := lastServer
+func shutdownLosesNoRequest(t *testing.T, mode testMode, upstreamURL string) bool {
+	p := startProxy(t, mode, Config{Upstream: upstreamURL})
+	fs := p.server
 	send := func(c net.Conn, path string) {
 		io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n")
 	}
@@ -404,7 +432,11 @@ func shutdownLosesNoRequest(t *testing.T, upstreamURL string) bool {
 // TestFailureAnswersHEADWithoutBody: a 502 to a HEAD has no body, so the
 // next response on the connection is read right.
 func TestFailureAnswersHEADWithoutBody(t *testing.T) {
-	p := startProxy(t, Config{Upstream: "http://" + testkit.FreeAddr(t)})
+	run(t, testFailureAnswersHEADWithoutBody)
+}
+
+func testFailureAnswersHEADWithoutBody(t *testing.T, mode testMode) {
+	p := startProxy(t, mode, Config{Upstream: "http://" + testkit.FreeAddr(t)})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
 	for i, method := range []string{"HEAD", "GET"} {
@@ -430,9 +462,13 @@ func TestFailureAnswersHEADWithoutBody(t *testing.T) {
 // the test tries again, and fails only when no try shows it (a proxy that
 // times from the first byte never does).
 func TestFirstHeadTimeoutRunsFromAccept(t *testing.T) {
+	run(t, testFirstHeadTimeoutRunsFromAccept)
+}
+
+func testFirstHeadTimeoutRunsFromAccept(t *testing.T, mode testMode) {
 	const timeout = 2 * time.Second
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	p := startProxy(t, Config{Upstream: up.URL, ClientHeaderTimeout: timeout})
+	p := startProxy(t, mode, Config{Upstream: up.URL, ClientHeaderTimeout: timeout})
 	const tries = 3
 	var seen []time.Duration
 	for range tries {

@@ -75,8 +75,12 @@ func echoRequest(w http.ResponseWriter, r *http.Request) {
 // appended to (every value the client sent, joined), X-Forwarded-Proto and
 // -Host set, Forwarded and the hop-by-hop fields dropped.
 func TestHeadersBodiesAndForwarding(t *testing.T) {
+	run(t, testHeadersBodiesAndForwarding)
+}
+
+func testHeadersBodiesAndForwarding(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	p := startProxy(t, Config{Upstream: up.URL + "/base"})
+	p := startProxy(t, mode, Config{Upstream: up.URL + "/base"})
 	req, _ := http.NewRequest("POST", p.url+"/path?q=1", strings.NewReader("the body"))
 	req.Host = "example.test"
 	req.Header.Set("X-Custom", "kept")
@@ -119,11 +123,15 @@ func TestHeadersBodiesAndForwarding(t *testing.T) {
 }
 
 func TestHopByHopResponseHeadersRemoved(t *testing.T) {
+	run(t, testHopByHopResponseHeadersRemoved)
+}
+
+func testHopByHopResponseHeadersRemoved(t *testing.T, mode testMode) {
 	up := rawUpstream(t, func(int) (string, bool) {
 		return "HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: dropped\r\nKeep-Alive: timeout=5\r\n" +
 			"Proxy-Authenticate: Basic\r\nX-End: kept\r\nContent-Length: 2\r\n\r\nok", false
 	})
-	p := startProxy(t, Config{Upstream: up})
+	p := startProxy(t, mode, Config{Upstream: up})
 	resp, err := newClient(1).Get(p.url)
 	if err != nil {
 		t.Fatal(err)
@@ -143,11 +151,13 @@ func TestHopByHopResponseHeadersRemoved(t *testing.T) {
 }
 
 func TestUpstreamPoolIsReused(t *testing.T) {
-	if !loopMode {
-		t.Skip("the plain path has no upstream pool (see DisableKeepAlives in New)")
-	}
+	// loop mode only: the plain path has no upstream pool (see DisableKeepAlives in New)
+	run(t, testUpstreamPoolIsReused, loopMode)
+}
+
+func testUpstreamPoolIsReused(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	for range 50 { // a new client connection each time: the upstream one stays
 		resp, err := c.Get(p.url)
@@ -163,6 +173,10 @@ func TestUpstreamPoolIsReused(t *testing.T) {
 }
 
 func TestUnixUpstream(t *testing.T) {
+	run(t, testUnixUpstream)
+}
+
+func testUnixUpstream(t *testing.T, mode testMode) {
 	path := filepath.Join(t.TempDir(), "app.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -172,7 +186,7 @@ func TestUnixUpstream(t *testing.T) {
 	up.Listener = ln
 	up.Start()
 	defer up.Close()
-	p := startProxy(t, Config{Upstream: "unix:" + path})
+	p := startProxy(t, mode, Config{Upstream: "unix:" + path})
 	req, _ := http.NewRequest("GET", p.url+"/x", nil)
 	req.Host = "app.test"
 	resp, err := newClient(1).Do(req)
@@ -190,11 +204,15 @@ func TestUnixUpstream(t *testing.T) {
 }
 
 func TestUpstreamRefusedIs502Fast(t *testing.T) {
+	run(t, testUpstreamRefusedIs502Fast)
+}
+
+func testUpstreamRefusedIs502Fast(t *testing.T, mode testMode) {
 	addr := testkit.FreeAddr(t)
 	// A refused dial is answered at once, not retried until the dial
 	// timeout: with the timeout far beyond the client's (10s), a proxy
 	// that waited for it would fail the request below.
-	p := startProxy(t, Config{Upstream: "http://" + addr, UpstreamDialTimeout: time.Hour})
+	p := startProxy(t, mode, Config{Upstream: "http://" + addr, UpstreamDialTimeout: time.Hour})
 	resp, err := newClient(1).Get(p.url + "/x")
 	if err != nil {
 		t.Fatal(err)
@@ -221,6 +239,10 @@ func TestUpstreamRefusedIs502Fast(t *testing.T) {
 }
 
 func TestSlowUpstreamIs504AtTheTimeout(t *testing.T) {
+	run(t, testSlowUpstreamIs504AtTheTimeout)
+}
+
+func testSlowUpstreamIs504AtTheTimeout(t *testing.T, mode testMode) {
 	release := make(chan struct{})
 	defer close(release)
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -230,7 +252,7 @@ func TestSlowUpstreamIs504AtTheTimeout(t *testing.T) {
 		}
 	}))
 	const timeout = 300 * time.Millisecond
-	p := startProxy(t, Config{Upstream: up.URL, UpstreamResponseTimeout: timeout})
+	p := startProxy(t, mode, Config{Upstream: up.URL, UpstreamResponseTimeout: timeout})
 	start := time.Now()
 	resp, err := newClient(1).Get(p.url)
 	if err != nil {
@@ -299,7 +321,11 @@ func staleUpstream(t *testing.T) string {
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
 
 func TestIdempotentRequestRetriedOnStaleConnection(t *testing.T) {
-	p := startProxy(t, Config{Upstream: staleUpstream(t)})
+	run(t, testIdempotentRequestRetriedOnStaleConnection)
+}
+
+func testIdempotentRequestRetriedOnStaleConnection(t *testing.T, mode testMode) {
+	p := startProxy(t, mode, Config{Upstream: staleUpstream(t)})
 	c := newClient(1)
 	for i, want := range []string{"first", "fresh"} {
 		resp, err := c.Get(p.url)
@@ -315,10 +341,12 @@ func TestIdempotentRequestRetriedOnStaleConnection(t *testing.T) {
 }
 
 func TestPOSTNotRetriedOnStaleConnection(t *testing.T) {
-	if !loopMode {
-		t.Skip("the plain path has no upstream pool: nothing goes stale")
-	}
-	p := startProxy(t, Config{Upstream: staleUpstream(t)})
+	// loop mode only: the plain path has no upstream pool: nothing goes stale
+	run(t, testPOSTNotRetriedOnStaleConnection, loopMode)
+}
+
+func testPOSTNotRetriedOnStaleConnection(t *testing.T, mode testMode) {
+	p := startProxy(t, mode, Config{Upstream: staleUpstream(t)})
 	c := newClient(1)
 	for i, want := range []int{200, 502} {
 		resp, err := c.Post(p.url, "text/plain", strings.NewReader("once"))
@@ -334,8 +362,12 @@ func TestPOSTNotRetriedOnStaleConnection(t *testing.T) {
 }
 
 func TestMetricsLint(t *testing.T) {
+	run(t, testMetricsLint)
+}
+
+func testMetricsLint(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	resp, err := newClient(1).Get(p.url)
 	if err != nil {
 		t.Fatal(err)
@@ -385,8 +417,12 @@ func TestClassify(t *testing.T) {
 // TestExpectContinue: the client gets the upstream's 100 Continue, sends
 // the body, then gets the final response.
 func TestExpectContinue(t *testing.T) {
+	run(t, testExpectContinue)
+}
+
+func testExpectContinue(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
 	resp, err := http.ReadResponse(br, nil)

@@ -50,8 +50,12 @@ func (l *heldListener) Addr() net.Addr { return l.addr }
 // hands over once Shutdown has closed it are served (with Connection:
 // close), not closed unanswered.
 func TestShutdownServesWhatTheListenerStillHolds(t *testing.T) {
+	run(t, testShutdownServesWhatTheListenerStillHolds)
+}
+
+func testShutdownServesWhatTheListenerStillHolds(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoRequest))
-	cfg := Config{Upstream: up.URL, Fast: loopMode}
+	cfg := Config{Upstream: up.URL, Fast: mode == loopMode}
 	p, err := newHTTPProxy(cfg, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +82,9 @@ func TestShutdownServesWhatTheListenerStillHolds(t *testing.T) {
 		ln.held = append(ln.held, server)
 	}
 	srv := p.newService()
+	if _, loop := srv.(*server); loop != (mode == loopMode) {
+		t.Fatalf("%s mode, but the proxy is served by a %T", mode, srv)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {

@@ -18,6 +18,10 @@ import (
 )
 
 func TestStreamingResponsesAreFlushedAsTheyCome(t *testing.T) {
+	run(t, testStreamingResponsesAreFlushedAsTheyCome)
+}
+
+func testStreamingResponsesAreFlushedAsTheyCome(t *testing.T, mode testMode) {
 	for _, contentType := range []string{"text/event-stream", "text/plain"} { // SSE, and chunked
 		t.Run(contentType, func(t *testing.T) {
 			next := make(chan struct{})
@@ -32,7 +36,7 @@ func TestStreamingResponsesAreFlushedAsTheyCome(t *testing.T) {
 				}
 				io.WriteString(w, "data: 2\n\n")
 			}))
-			p := startProxy(t, Config{Upstream: up.URL})
+			p := startProxy(t, mode, Config{Upstream: up.URL})
 			resp, err := newClient(1).Get(p.url) // the client's timeout bounds the reads
 			if err != nil {
 				t.Fatal(err)
@@ -80,8 +84,12 @@ func echoUpgrade(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestUpgradeIsTunnelled(t *testing.T) {
+	run(t, testUpgradeIsTunnelled)
+}
+
+func testUpgradeIsTunnelled(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(echoUpgrade))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c, br := dialProxy(t, p)
 	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
 	resp, err := http.ReadResponse(br, nil)
@@ -159,6 +167,10 @@ func (h *heapWatcher) growth() uint64 {
 }
 
 func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
+	run(t, testLargeBodiesStreamWithBoundedMemory)
+}
+
+func testLargeBodiesStreamWithBoundedMemory(t *testing.T, mode testMode) {
 	const size = 100 << 20
 	sum := crc32.NewIEEE()
 	io.Copy(sum, io.LimitReader(&pattern{}, size))
@@ -173,7 +185,7 @@ func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
 		w.Header().Set("Content-Length", strconv.Itoa(size))
 		io.Copy(w, io.LimitReader(&pattern{}, size))
 	}))
-	p := startProxy(t, Config{Upstream: up.URL})
+	p := startProxy(t, mode, Config{Upstream: up.URL})
 	c := newClient(1)
 	c.Timeout = time.Minute
 	heap := watchHeap()
@@ -224,9 +236,13 @@ func errText(err error) string {
 }
 
 func TestSlowlorisClosedWhileOthersAreServed(t *testing.T) {
+	run(t, testSlowlorisClosedWhileOthersAreServed)
+}
+
+func testSlowlorisClosedWhileOthersAreServed(t *testing.T, mode testMode) {
 	up := startUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	const timeout = 300 * time.Millisecond
-	p := startProxy(t, Config{Upstream: up.URL, ClientHeaderTimeout: timeout})
+	p := startProxy(t, mode, Config{Upstream: up.URL, ClientHeaderTimeout: timeout})
 	start := time.Now() // the header timeout runs from the accept
 	slow, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
 	if err != nil {
@@ -275,7 +291,7 @@ func TestSlowlorisClosedWhileOthersAreServed(t *testing.T) {
 	if took < timeout {
 		t.Errorf("closed after %v, before the %v timeout", took, timeout)
 	}
-	if n := testutil.ToFloat64(p.metrics.timeouts.WithLabelValues(timeoutHeader)); loopMode && n != 1 {
+	if n := testutil.ToFloat64(p.metrics.timeouts.WithLabelValues(timeoutHeader)); mode == loopMode && n != 1 {
 		t.Errorf("header timeouts: %v, want 1", n)
 	}
 }

@@ -100,8 +100,12 @@ func stressUpstream(t *testing.T) string {
 // connections closing on either side; every response is checked byte for
 // byte, and every connection is gone at the end.
 func TestPipelinedStress(t *testing.T) {
+	run(t, testPipelinedStress)
+}
+
+func testPipelinedStress(t *testing.T, mode testMode) {
 	up := stressUpstream(t)
-	p := startProxy(t, Config{Upstream: up})
+	p := startProxy(t, mode, Config{Upstream: up})
 	addr := strings.TrimPrefix(p.url, "http://")
 	var wg sync.WaitGroup
 	errs := make(chan error, 1000)
