@@ -65,7 +65,8 @@ type loopMsg struct {
 	fd   int
 	ip   string
 	c    *loopClient
-	gen  uint64 // which dial of c
+	tcp  *tcpConn // msgDialed: the pass-through connection it is for (instead of c)
+	gen  uint64   // which dial of c
 	err  error
 	ack  chan struct{} // msgShutdown: closed once the loop accepts no more
 }
@@ -100,8 +101,9 @@ type loop struct {
 	now       time.Time
 	nextTick  time.Time
 	nextDial  uint64
-	draining  bool // every client is closed after its next response
-	shutting  bool // and closed once idle for cluster.DrainGrace; no upstream pooling
+	draining  bool     // every client is closed after its next response
+	shutting  bool     // and closed once idle for cluster.DrainGrace; no upstream pooling
+	tcp       *tcpLoop // a tcp:// upstream: connections are passed through (tcploop.go), not served
 }
 
 // newLoop creates the loop; run serves it.
@@ -122,6 +124,10 @@ func newLoop(s *server) (*loop, error) {
 	cfg := s.p.cfg
 	l.tick = min(cfg.ClientHeaderTimeout, cfg.ClientIdleTimeout, cfg.ClientBodyTimeout, cfg.ClientSendTimeout,
 		cfg.UpstreamResponseTimeout, cfg.UpstreamIdleTimeout, lingerTimeout, cluster.DrainGrace) / 4
+	if s.p.upstream.l4 {
+		l.tcp = newTCPLoop(l)
+		l.tick = min(l.tick, cfg.TCPIdleTimeout/4)
+	}
 	l.tick = max(10*time.Millisecond, min(l.tick, 500*time.Millisecond))
 	// the eventfd is item 0
 	l.items, l.gens = []loopItem{nil}, []uint32{0}
@@ -168,11 +174,14 @@ func (l *loop) run() {
 	l.now = lastYield
 	for {
 		timeout := -1
-		if len(l.clients) > 0 || len(l.idle) > 0 || len(l.listeners) > 0 {
+		if len(l.clients) > 0 || len(l.idle) > 0 || len(l.listeners) > 0 || l.tcp.busy() {
 			if l.nextTick.IsZero() {
 				l.nextTick = l.now.Add(l.tick)
 			}
 			timeout = max(int((l.nextTick.Sub(l.now)+time.Millisecond-1)/time.Millisecond), 0) // rounded up: no spinning
+		}
+		if l.tcp.hasReady() {
+			timeout = 0
 		}
 		n, err := unix.EpollWait(l.epfd, events, timeout)
 		l.now = time.Now()
@@ -195,6 +204,9 @@ func (l *loop) run() {
 			}
 		}
 		l.runLater()
+		if l.tcp.hasReady() {
+			l.tcp.runReady()
+		}
 		if woken && l.drainInbox() {
 			l.end()
 			return
@@ -324,6 +336,9 @@ func (l *loop) closeAll() {
 	for c := range l.clients {
 		c.close()
 	}
+	if l.tcp != nil {
+		l.tcp.closeAll()
+	}
 	for _, u := range l.idle {
 		l.closeUp(u)
 	}
@@ -336,6 +351,9 @@ func (l *loop) closeAll() {
 func (l *loop) sweep() {
 	for c := range l.clients {
 		c.checkDeadlines()
+	}
+	if l.tcp != nil {
+		l.tcp.sweep()
 	}
 	if l.shutting {
 		l.closeIdleClients()
@@ -451,6 +469,10 @@ func detachFd(conn net.Conn) (int, error) {
 // dialed takes a dialled upstream connection: to the client that asked
 // for it if it still waits, else to the pool.
 func (l *loop) dialed(m loopMsg) {
+	if m.tcp != nil {
+		l.tcp.dialed(m)
+		return
+	}
 	c := m.c
 	waiting := !c.closed && c.state == csUpstream && c.dialing && c.dialGen == m.gen
 	if m.err != nil {

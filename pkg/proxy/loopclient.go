@@ -85,6 +85,10 @@ type loopClient struct {
 // it is served even if the loop is shutting down meanwhile, until it has
 // been idle for cluster.DrainGrace).
 func (l *loop) addClient(fd int, ip string) {
+	if l.tcp != nil {
+		l.tcp.add(fd)
+		return
+	}
 	if ip == "" { // handed off by the master: ask the socket
 		ip = peerIP(fd)
 	}

@@ -77,6 +77,10 @@ func (a *loopListener) event(uint32) {
 		}
 		a.delay = 0
 		l.s.counted(1)
+		if l.tcp != nil { // (passed through: no address wanted)
+			l.tcp.add(int(nfd))
+			continue
+		}
 		l.addClient(int(nfd), sockaddrIP(&rsa))
 	}
 }

@@ -29,6 +29,7 @@ type metrics struct {
 	upstream *prometheus.CounterVec
 	active   prometheus.Gauge
 	timeouts *prometheus.CounterVec
+	tcp      *tcpMetrics // a tcp:// worker's (newTCPFrontend); nil otherwise
 
 	// byCode caches requests' children for the usual status codes, so
 	// counting a request allocates nothing and hashes no label
@@ -85,4 +86,30 @@ func (m *metrics) request(code int, seconds float64) {
 		m.byCode[code].Store(c)
 	}
 	(*c).Inc()
+}
+
+// tcpMetrics count the bytes a tcp:// worker passes through, by direction
+// (toUpstream, toClient).
+type tcpMetrics struct {
+	dirs [2]prometheus.Counter
+}
+
+// newTCPMetrics registers sidecar_proxy_tcp_bytes_total on reg (nil: not
+// registered).
+func newTCPMetrics(reg prometheus.Registerer) *tcpMetrics {
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sidecar_proxy_tcp_bytes_total", Help: "Bytes a tcp:// pass-through wrote, by direction (to_upstream: from clients; to_client: from the upstream).",
+	}, []string{"direction"})
+	m := &tcpMetrics{}
+	m.dirs[toUpstream] = v.WithLabelValues("to_upstream")
+	m.dirs[toClient] = v.WithLabelValues("to_client")
+	if reg != nil {
+		reg.MustRegister(v)
+	}
+	return m
+}
+
+// count counts n bytes written in direction dir.
+func (m *tcpMetrics) count(dir, n int) {
+	m.dirs[dir].Add(float64(n))
 }

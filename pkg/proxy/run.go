@@ -34,7 +34,7 @@ func Run(cfg Config, addresses []string) error {
 // L4 pass-through.
 func newFrontend(cfg Config, reg prometheus.Registerer) (cluster.Server, error) {
 	if up, err := parseUpstream(cfg.Upstream); err == nil && up.l4 {
-		return newTCPProxy(cfg, reg)
+		return newTCPFrontend(cfg, reg)
 	}
 	p, err := newHTTPProxy(cfg, reg)
 	if err != nil {

@@ -1,0 +1,352 @@
+package proxy
+
+import (
+	"context"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// The tcp:// pass-through on the HTTP proxy's event loop (loop.tcp): with
+// a tcp:// upstream every client connection the loop takes, handed off by
+// the master or accepted on a shared socket, is passed through to an
+// upstream connection of its own, on the loop's goroutine, with raw
+// non-blocking reads and writes.
+//
+// Each direction has one buffer, the loop's 16 KiB, held only while it
+// has bytes in it: a direction reads its source only once its buffer is
+// empty, so a destination that does not drain stops the reading of its
+// source (backpressure), and a connection holds at most two buffers. A
+// source's EOF is passed on as shutdown(SHUT_WR) once the bytes before
+// it are written, while the other direction keeps flowing; the
+// connection is closed once both directions have ended, on an error of
+// either side, or when no byte has moved either way for TCPIdleTimeout
+// (the loop's sweep). Upstream connections are dialled on goroutines
+// (net.Dialer: names resolved, the dial timeout applied), as the HTTP
+// loop's are; the client is read only once its upstream is connected.
+
+// tcpTurnBytes bounds what one direction moves in one turn of the loop: a
+// bulk transfer whose source never runs dry must not starve the loop's
+// other connections. A direction with more to move goes on at the next
+// turn (tcpLoop.ready).
+const tcpTurnBytes = 256 << 10
+
+// tcpLoop is the pass-through's part of a loop; it runs on the loop's
+// goroutine.
+type tcpLoop struct {
+	l     *loop
+	conns map[*tcpConn]struct{}
+	ready []*tcpConn // have more to move than a turn allows
+	idle  time.Duration
+	bytes *tcpMetrics
+
+	// What tests watch from other goroutines: buffers the connections
+	// hold, and directions stalled (holding bytes their destination does
+	// not take), by direction (toUpstream, toClient).
+	held    atomic.Int64
+	stalled [2]atomic.Int64
+}
+
+// The two directions (tcpLoop.stalled).
+const (
+	toUpstream = iota
+	toClient
+)
+
+// tcpConn is a client connection and its upstream connection.
+type tcpConn struct {
+	t        *tcpLoop
+	client   tcpSide
+	up       tcpSide
+	pipes    [2]tcpPipe // toUpstream: client → upstream; toClient: upstream → client
+	last     time.Time  // bytes last moved either way (or the upstream connected)
+	dialing  bool
+	queued   bool // in t.ready
+	closed   bool
+	accepted time.Time // for the log
+}
+
+// tcpSide is one socket of a tcpConn.
+type tcpSide struct {
+	c   *tcpConn
+	fd  int
+	tok uint64 // 0: not in the epoll set
+	sockState
+}
+
+// tcpPipe is one direction: bytes read from its source, buf[r:w], not yet
+// written to its destination.
+type tcpPipe struct {
+	buf     []byte
+	r, w    int
+	eof     bool // the source has ended
+	shut    bool // and its end was passed on
+	stalled bool // counted in tcpLoop.stalled
+}
+
+func newTCPLoop(l *loop) *tcpLoop {
+	return &tcpLoop{l: l, conns: map[*tcpConn]struct{}{}, idle: l.p.cfg.TCPIdleTimeout, bytes: l.p.metrics.tcp}
+}
+
+// busy reports whether connections need the sweep; nil-safe (the loop of
+// an HTTP upstream has no tcpLoop).
+func (t *tcpLoop) busy() bool { return t != nil && len(t.conns) > 0 }
+
+// hasReady reports whether connections wait for their next turn.
+func (t *tcpLoop) hasReady() bool { return t != nil && len(t.ready) > 0 }
+
+// add takes a new client connection (counted in by the server) and dials
+// its upstream.
+func (t *tcpLoop) add(fd int) {
+	// As HAProxy does: each read is written on at once, so Nagle's
+	// algorithm would only hold a small write back for an ACK.
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	c := &tcpConn{t: t, dialing: true, accepted: t.l.now}
+	c.client = tcpSide{c: c, fd: fd}
+	c.up = tcpSide{c: c, fd: -1}
+	t.conns[c] = struct{}{}
+	go t.dial(c)
+}
+
+// dial connects to the upstream on a goroutine of its own and posts the
+// connection (or the error) for c.
+func (t *tcpLoop) dial(c *tcpConn) {
+	l := t.l
+	up := l.p.upstream
+	conn, err := l.p.dialer.DialContext(context.Background(), up.network, up.address)
+	fd := -1
+	if err == nil {
+		fd, err = detachFd(conn)
+	}
+	l.post(loopMsg{kind: msgDialed, tcp: c, fd: fd, err: err})
+}
+
+// dialed takes c's upstream connection, or closes c if the dial failed
+// (counted, and logged at most once a second per kind).
+func (t *tcpLoop) dialed(m loopMsg) {
+	l := t.l
+	c := m.tcp
+	if c.closed {
+		if m.err == nil {
+			unix.Close(m.fd)
+		}
+		return
+	}
+	c.dialing = false
+	if m.err != nil {
+		kind, _, what := classify(m.err)
+		l.p.metrics.upstream.WithLabelValues(kind).Inc()
+		l.p.errLog.log("tcp "+kind, m.err, "Upstream connection failed; closing the client connection",
+			"upstream", l.p.upstream.name, "kind", kind, "what", what)
+		c.close()
+		return
+	}
+	c.up.fd = m.fd
+	c.last = l.now
+	for _, s := range []*tcpSide{&c.up, &c.client} {
+		s.writable = true
+		tok, err := l.register(s.fd, s)
+		if err != nil {
+			klog.ErrorS(err, "Proxy event loop: cannot watch a pass-through connection")
+			c.close()
+			return
+		}
+		s.tok = tok
+	}
+	if klog.V(4).Enabled() {
+		klog.InfoS("Passing through", "client", peerIP(c.client.fd), "upstream", l.p.upstream.name,
+			"dial", l.now.Sub(c.accepted))
+	}
+	// Registering an edge-triggered socket reports what it holds already:
+	// the client's first bytes are read when epoll says so.
+}
+
+func (s *tcpSide) event(ev uint32) {
+	s.note(ev)
+	s.c.pump()
+}
+
+// pump moves both directions until each must wait, and closes the
+// connection once both have ended or either side failed.
+func (c *tcpConn) pump() {
+	if c.closed {
+		return
+	}
+	t := c.t
+	more, err := c.move(&c.client, &c.up, toUpstream)
+	if err == nil {
+		var more2 bool
+		more2, err = c.move(&c.up, &c.client, toClient)
+		more = more || more2
+	}
+	switch {
+	case err != nil:
+		klog.V(4).InfoS("Pass-through ended", "upstream", t.l.p.upstream.name, "reason", err.Error())
+		c.close()
+	case c.pipes[toUpstream].shut && c.pipes[toClient].shut:
+		c.close()
+	case more && !c.queued:
+		c.queued = true
+		t.ready = append(t.ready, c)
+	}
+}
+
+// move passes src's bytes to dst until one of them must wait, src's end
+// is passed on, or tcpTurnBytes have moved (more: the rest waits for the
+// next turn). Its buffer is read into only once it is empty.
+func (c *tcpConn) move(src, dst *tcpSide, dir int) (more bool, err error) {
+	t := c.t
+	p := &c.pipes[dir]
+	moved := 0
+	for {
+		if p.r < p.w {
+			if !dst.writable {
+				c.stall(p, dir)
+				return false, nil
+			}
+			n, errno := rawWrite(dst.fd, p.buf[p.r:p.w])
+			switch {
+			case errno == unix.EAGAIN:
+				dst.writable = false
+				c.stall(p, dir)
+				return false, nil
+			case errno != 0:
+				return false, errno
+			}
+			p.r += n
+			moved += n
+			t.bytes.count(dir, n)
+			c.last = t.l.now
+			if p.r < p.w { // the socket's buffer is full
+				dst.writable = false
+				c.stall(p, dir)
+				return false, nil
+			}
+			if p.stalled {
+				p.stalled = false
+				t.stalled[dir].Add(-1)
+			}
+		}
+		switch {
+		case p.eof:
+			c.releaseBuf(p)
+			if !p.shut {
+				p.shut = true
+				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
+					return false, err
+				}
+			}
+			return false, nil
+		case !src.readable:
+			c.releaseBuf(p)
+			return false, nil
+		case moved >= tcpTurnBytes:
+			return true, nil
+		case p.buf == nil:
+			p.buf = t.l.getBuf()
+			t.held.Add(1)
+		}
+		n, errno := rawRead(src.fd, p.buf)
+		switch {
+		case errno == unix.EAGAIN:
+			src.readable = false
+			c.releaseBuf(p)
+			return false, nil
+		case errno != 0:
+			return false, errno
+		case n == 0:
+			p.eof = true
+			continue
+		}
+		p.r, p.w = 0, n
+		if n < len(p.buf) && !src.hup { // drained (edge-triggered: new bytes bring a new edge)
+			src.readable = false
+		}
+	}
+}
+
+// stall notes that p holds bytes its destination does not take.
+func (c *tcpConn) stall(p *tcpPipe, dir int) {
+	if !p.stalled {
+		p.stalled = true
+		c.t.stalled[dir].Add(1)
+	}
+}
+
+func (c *tcpConn) releaseBuf(p *tcpPipe) {
+	if p.buf != nil {
+		c.t.l.putBuf(p.buf)
+		c.t.held.Add(-1)
+		p.buf, p.r, p.w = nil, 0, 0
+	}
+}
+
+// close closes both sockets.
+func (c *tcpConn) close() {
+	if c.closed {
+		return
+	}
+	t := c.t
+	c.closed = true
+	for _, s := range []*tcpSide{&c.client, &c.up} {
+		if s.fd < 0 {
+			continue
+		}
+		if s.tok != 0 {
+			t.l.release(s.tok)
+		}
+		unix.Close(s.fd)
+		s.fd = -1
+	}
+	for dir := range c.pipes {
+		p := &c.pipes[dir]
+		if p.stalled {
+			p.stalled = false
+			t.stalled[dir].Add(-1)
+		}
+		c.releaseBuf(p)
+	}
+	delete(t.conns, c)
+	t.l.s.loopConnClosed()
+}
+
+// runReady gives the connections that had more to move their next turn.
+func (t *tcpLoop) runReady() {
+	n := len(t.ready)
+	for i := 0; i < n; i++ { // (pump may queue more after n)
+		c := t.ready[i]
+		c.queued = false
+		c.pump()
+	}
+	k := copy(t.ready, t.ready[n:])
+	clear(t.ready[k:])
+	t.ready = t.ready[:k]
+}
+
+// sweep closes the connections idle for TCPIdleTimeout (a dial has a
+// timeout of its own).
+func (t *tcpLoop) sweep() {
+	for c := range t.conns {
+		if !c.dialing && t.l.now.Sub(c.last) >= t.idle {
+			klog.V(2).InfoS("Closing an idle pass-through connection", "upstream", t.l.p.upstream.name, "idle", t.idle)
+			c.close()
+		}
+	}
+}
+
+// closeAll closes every connection.
+func (t *tcpLoop) closeAll() {
+	for c := range t.conns {
+		c.close()
+	}
+}
+
+// rawWrite is write(2) on a non-blocking socket (see rawRead).
+func rawWrite(fd int, b []byte) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return int(r), e
+}
