@@ -39,13 +39,15 @@ type rollSetup struct {
 	name  string // for -only and file names
 	label string // for the table
 	kind  rollKind
-	app   string // the Node app in fixtures/node, "" for none
+	app   string   // the Node app in fixtures/node, "" for none
+	flags []string // sidecar's flags beyond the harness's
 }
 
 var rollSetups = []rollSetup{
 	{name: "roll-sidecar-go", label: "sidecar — built-in Go hello, SIGHUP", kind: rollSidecarHUP},
-	{name: "roll-sidecar-node", label: "sidecar — Node app, SIGHUP", kind: rollSidecarHUP, app: "app.js"},
-	{name: "roll-sidecar-node-drain", label: "sidecar — Node app with the drain opt-in, SIGHUP", kind: rollSidecarHUP, app: "app-drain.js"},
+	{name: "roll-sidecar-node", label: "sidecar — Node app as it is (the drain preload, the default), SIGHUP", kind: rollSidecarHUP, app: "app.js"},
+	{name: "roll-sidecar-node-nopreload", label: "sidecar — Node app as it is, --node-drain=false, SIGHUP", kind: rollSidecarHUP, app: "app.js", flags: []string{"--node-drain=false"}},
+	{name: "roll-sidecar-node-drain", label: "sidecar — Node app with the drain opt-in, --node-drain=false, SIGHUP", kind: rollSidecarHUP, app: "app-drain.js", flags: []string{"--node-drain=false"}},
 	{name: "roll-pm2", label: "PM2 cluster — Node app, pm2 reload", kind: rollPM2, app: "app.js"},
 	{name: "roll-proxy-sidecar", label: "sidecar --upstream, upstream switched in --config", kind: rollSidecarConfig},
 	{name: "roll-proxy-nginx", label: "nginx, upstream switched, SIGHUP (nginx -s reload)", kind: rollNginx},

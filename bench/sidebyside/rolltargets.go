@@ -50,6 +50,7 @@ func (e *benchEnv) startRollTarget(ctx context.Context, o *options, s rollSetup,
 			argv = append(argv, "--config", t.config)
 		}
 		argv = append(argv, e.extra...)
+		argv = append(argv, s.flags...)
 		if s.app != "" {
 			argv = append(argv, "--", e.node, filepath.Join(e.fixDir, "node", s.app))
 		}

@@ -330,30 +330,42 @@ func TestUnservedListenerIsNotReady(t *testing.T) {
 	}
 }
 
-// TestSIGTERMLosesNoKeepAliveRequestOfANodeApp: a Node app that opts in
-// ({sidecar: "drainable"}, see the README) loses no keep-alive request at
-// SIGTERM with a --shutdown-delay either.
+// TestSIGTERMLosesNoKeepAliveRequestOfANodeApp: a Node app loses no
+// keep-alive request at SIGTERM with a --shutdown-delay, whether it opts in
+// itself ({sidecar: "drainable"}, see the README) or, as it is, gets the
+// drain preload (--node-drain, the default).
 func TestSIGTERMLosesNoKeepAliveRequestOfANodeApp(t *testing.T) {
-	m := startNode(t, []string{"APP_DRAINABLE=1"}, "--shutdown-delay", "1s")
-	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
-	var wg sync.WaitGroup
-	cs := loopRequests(m.addr, 20, 1_000_000, &wg)
-	testkit.WaitFor(t, "every connection to be busy", 30*time.Second, func() bool {
-		for _, c := range cs {
-			if c.requests.Load() < 5 {
-				return false
+	for _, tc := range []struct {
+		name   string
+		appEnv []string
+		flags  []string
+	}{
+		{"opt-in", []string{"APP_DRAINABLE=1"}, []string{"--node-drain=false"}},
+		{"preload", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := startNode(t, tc.appEnv, append(tc.flags, "--shutdown-delay", "1s")...)
+			m.waitLines(`"Worker listening"`, 2, 10*time.Second)
+			var wg sync.WaitGroup
+			cs := loopRequests(m.addr, 20, 1_000_000, &wg)
+			testkit.WaitFor(t, "every connection to be busy", 30*time.Second, func() bool {
+				for _, c := range cs {
+					if c.requests.Load() < 5 {
+						return false
+					}
+				}
+				return true
+			})
+			m.signal(syscall.SIGTERM)
+			wg.Wait()
+			for i, c := range cs {
+				if c.err != nil || !c.lastClose {
+					t.Errorf("connection %d: %d requests, error %v, last said close: %v", i+1, c.requests.Load(), c.err, c.lastClose)
+				}
 			}
-		}
-		return true
-	})
-	m.signal(syscall.SIGTERM)
-	wg.Wait()
-	for i, c := range cs {
-		if c.err != nil || !c.lastClose {
-			t.Errorf("connection %d: %d requests, error %v, last said close: %v", i+1, c.requests.Load(), c.err, c.lastClose)
-		}
-	}
-	if code := m.waitExit(30 * time.Second); code != 0 {
-		t.Errorf("exit code %d", code)
+			if code := m.waitExit(30 * time.Second); code != 0 {
+				t.Errorf("exit code %d", code)
+			}
+		})
 	}
 }

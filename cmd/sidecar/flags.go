@@ -34,6 +34,7 @@ type config struct {
 	enablePprof  bool
 	minReady     int
 	shutdown     time.Duration // --shutdown-delay
+	nodeDrain    bool          // --node-drain: the drain preload in Node workers
 	command      []string      // empty: the built-in hello worker
 	proxy        *proxy.Config // --upstream: built-in proxy workers; nil: none
 	// upstreamReadyPath is what the upstream readiness check GETs ("": it dials).
@@ -102,6 +103,7 @@ func buildConfig(args []string, getenv func(string) string, stderr io.Writer, fi
 	enablePprof := fs.Bool("enable-pprof", false, "serve /debug/pprof/ on the admin server")
 	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of them (it follows --workers as the pool grows and shrinks)")
 	shutdownDelay := fs.Duration("shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing (so endpoints drop the pod) before draining")
+	nodeDrain := fs.Bool("node-drain", true, "load sidecar's drain preload into Node.js workers (NODE_OPTIONS=--require): once draining begins (SIGTERM, a rolling restart) every response closes its keep-alive connection, so no client loses a request to Node's server.close(); false leaves the app untouched")
 	proxyFlags := addProxyFlags(fs)
 	verbosity := fs.Int("v", 0, "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
 	fs.Usage = func() { usage(fs, stderr) }
@@ -133,7 +135,7 @@ func buildConfig(args []string, getenv func(string) string, stderr io.Writer, fi
 	c.workers, c.schedule, c.startTimeout, c.handoff = *nWorkers, *schedule, *startTimeout, *handoff
 	c.drainTimeout, c.killTimeout, c.queueSize = *drainTimeout, *killTimeout, *queueSize
 	c.adminAddr, c.enablePprof, c.minReady, c.shutdown = *adminAddr, *enablePprof, *minReady, *shutdownDelay
-	c.verbosity = *verbosity
+	c.verbosity, c.nodeDrain = *verbosity, *nodeDrain
 	err := proxyFlags.apply(c)
 	if err == nil {
 		if c.schedule == "" {

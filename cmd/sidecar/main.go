@@ -43,6 +43,7 @@ func main() {
 
 func runMaster(args []string) int {
 	defer klog.Flush()
+	defer removeNodeDrain()
 	cfg, err := parseConfig(args, os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -269,6 +270,7 @@ func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {
 			}
 		}
 	}
+	env = nodeDrainEnv(cfg, env)
 	command := cfg.command
 	if len(command) == 0 {
 		var benv []string

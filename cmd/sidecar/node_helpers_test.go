@@ -60,6 +60,10 @@ type appInfo struct {
 	Pid       int               `json:"pid"`
 	Addresses []json.RawMessage `json:"addresses"` // server.address() of each server
 	Slow      bool              `json:"slow"`
+	// /node-options: NODE_OPTIONS and the drain preload's variable as
+	// the app sees them (nil: unset).
+	NodeOptions  *string `json:"nodeOptions"`
+	PreloadToken *string `json:"preloadToken"`
 }
 
 // port is the port of the app's i-th server (0 for a unix socket).

@@ -138,6 +138,9 @@ func changedRollKeys(old, next *config) []string {
 	if fmt.Sprint(old.env) != fmt.Sprint(next.env) {
 		keys = append(keys, "env")
 	}
+	if old.nodeDrain != next.nodeDrain {
+		keys = append(keys, "nodeDrain")
+	}
 	if fmt.Sprint(old.proxy) != fmt.Sprint(next.proxy) || old.upstreamReadyPath != next.upstreamReadyPath {
 		keys = append(keys, "upstream and proxy settings")
 	}

@@ -364,31 +364,46 @@ func TestSIGHUPRollsNodeWorkers(t *testing.T) {
 }
 
 // TestSIGHUPRollsDrainableNodeWorkers: Node workers that opted in to
-// drains ({sidecar: "drainable"}) are told to drain when a roll retires
-// them, and disconnected a second later: keep-alive clients, sending back
-// to back, get Connection: close on their next response and reconnect to
-// the new workers; none has its connection closed under a request.
+// drains ({sidecar: "drainable"}), or run with the drain preload (the
+// default), are told to drain when a roll retires them, and disconnected
+// a second later: keep-alive clients, sending back to back, get
+// Connection: close on their next response and reconnect to the new
+// workers; none has its connection closed under a request. With
+// --node-drain=false an app as it is is not drainable: no worker is told.
 func TestSIGHUPRollsDrainableNodeWorkers(t *testing.T) {
-	m := startNode(t, []string{"APP_DRAINABLE=1"})
-	m.waitLines(`"Worker listening"`, 2, 20*time.Second)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	r := runLoad(m.addr, 8, true, stop, &wg)
-	for i := 1; i <= 2; i++ {
-		testkit.WaitFor(t, "requests between rolls", 30*time.Second, func() bool { return r.ok.Load() >= int64(200*i) })
-		m.signal(syscall.SIGHUP)
-		m.waitLines(`"Rolling restart done"`, i, 60*time.Second)
-	}
-	testkit.WaitFor(t, "the old workers to exit", 30*time.Second, func() bool { return m.count(`"Worker exited"`) == 4 })
-	close(stop)
-	wg.Wait()
-	if f := r.failed.Load(); f != 0 {
-		t.Errorf("%d of %d requests failed: %v", f, f+r.ok.Load(), r.errs)
-	}
-	if n := m.count(`"Draining the worker before disconnecting it"`); n != 4 {
-		t.Errorf("%d old workers drained before their disconnect, want 4", n)
-	}
-	if v := m.count(`reason="voluntary"`); v != 4 {
-		t.Errorf("%d old workers exited voluntarily, want 4", v)
+	for _, tc := range []struct {
+		name    string
+		appEnv  []string
+		flags   []string
+		drained int // old workers told to drain
+	}{
+		{"opt-in", []string{"APP_DRAINABLE=1"}, []string{"--node-drain=false"}, 4},
+		{"preload", nil, nil, 4},
+		{"neither", nil, []string{"--node-drain=false"}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := startNode(t, tc.appEnv, tc.flags...)
+			m.waitLines(`"Worker listening"`, 2, 20*time.Second)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			r := runLoad(m.addr, 8, true, stop, &wg)
+			for i := 1; i <= 2; i++ {
+				testkit.WaitFor(t, "requests between rolls", 30*time.Second, func() bool { return r.ok.Load() >= int64(200*i) })
+				m.signal(syscall.SIGHUP)
+				m.waitLines(`"Rolling restart done"`, i, 60*time.Second)
+			}
+			testkit.WaitFor(t, "the old workers to exit", 30*time.Second, func() bool { return m.count(`"Worker exited"`) == 4 })
+			close(stop)
+			wg.Wait()
+			if f := r.failed.Load(); f != 0 && tc.drained > 0 {
+				t.Errorf("%d of %d requests failed: %v", f, f+r.ok.Load(), r.errs)
+			}
+			if n := m.count(`"Draining the worker before disconnecting it"`); n != tc.drained {
+				t.Errorf("%d old workers drained before their disconnect, want %d", n, tc.drained)
+			}
+			if v := m.count(`reason="voluntary"`); v != 4 {
+				t.Errorf("%d old workers exited voluntarily, want 4", v)
+			}
+		})
 	}
 }

@@ -69,6 +69,7 @@ var Settings = []Setting{
 	{"logVerbosity", "v", Scalar, Live},
 	{"command", "", List, Roll},
 	{"env", "", Map, Roll},
+	{"nodeDrain", "node-drain", Scalar, Roll},
 	{"upstream", "upstream", Scalar, Roll},
 	{"upstreamReadyPath", "upstream-ready-path", Scalar, Roll},
 	{"clientHeaderTimeout", "client-header-timeout", Scalar, Roll},

@@ -103,6 +103,9 @@ function handle(req, res) {
       return after(res, () => cluster.worker.disconnect());
     case '/destroy':
       return after(res, () => cluster.worker.destroy());
+    case '/node-options': // what the app (and so its children) see of NODE_OPTIONS
+      res.end(info({ nodeOptions: process.env.NODE_OPTIONS ?? null, preloadToken: process.env.SIDECAR_NODE_DRAIN ?? null }));
+      return;
     case '/send':
       return sendMany(Number(url.searchParams.get('n') || 1), () => after(res));
     case '/send-handle': { // process.send(msg, socket), msg the JSON in ?msg=
