@@ -26,7 +26,14 @@
 //     voluntary exit (the worker sent exitedAfterDisconnect, or the master
 //     disconnected it) is never respawned.
 //   - When every slot has failed MaxStartFailures times in a row without
-//     listening, and no worker listens, Run gives up with an error.
+//     listening, and no worker listens, Run gives up with a *GiveUpError:
+//     what those workers did (their exits; whether they came online, asked
+//     the master for a server, were refused one) and its likely cause.
+//   - A Spec's SlotPort gives each slot's workers a port of their own in
+//     their command line (Node's inspector port), the same for every
+//     worker of the slot. A rolling restart's new worker starts while the
+//     old one still holds it; once the old one has exited it is sent
+//     SlotPort.Claim (SIGUSR1: Node then opens its inspector).
 //   - Disconnect sends {act:"disconnect"}, then SIGTERM after the
 //     disconnect deadline, then SIGKILL after the kill deadline. Shutdown
 //     disconnects every worker and SIGKILLs what is left at its deadline.

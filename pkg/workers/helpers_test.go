@@ -50,6 +50,9 @@ func TestMain(m *testing.M) {
 //   - voluntary: listens, then leaves on purpose (exitedAfterDisconnect).
 //   - linger: like voluntary, but then never exits.
 //   - silent: opens the channel (online) and never listens.
+//   - busy: asks the master for $SIDECAR_TEST_BUSY_ADDR (which the test
+//     holds), so the master cannot give it; exits 3.
+//   - port: serve, and its slot port (see slotPortHelper).
 //   - garbage-json, garbage-long: worker id 1 sends a line of invalid JSON,
 //     or a line longer than ipc.MaxLineSize, then waits to be killed; other
 //     ids serve.
@@ -68,6 +71,10 @@ func runHelper(spec string) int {
 		err = serve(true, true)
 	case "crash":
 		return 1
+	case "busy":
+		err = listenBusy()
+	case "port":
+		err = slotPortHelper()
 	case "silent":
 		if _, err = cluster.Current(); err == nil {
 			idle()
@@ -337,7 +344,7 @@ func startPool(t *testing.T, helper string, cfg Config) *pool {
 	}
 	ln := acc.Listeners()[0]
 	rec := newRecorder()
-	cfg.Command = []string{os.Args[0]}
+	cfg.Command = append([]string{os.Args[0]}, cfg.Command...) // cfg.Command: the helper's arguments
 	cfg.Env = append(os.Environ(), envHelper+"="+helper, envAddr+"="+ln.WorkerAddress(),
 		// Under -race a helper would otherwise sleep 1s at exit.
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))

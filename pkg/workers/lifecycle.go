@@ -36,6 +36,7 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 		if w.state == Forked {
 			s.setState(w, Online)
 			w.logger.Info("Worker online")
+			s.claimPorts()
 		}
 	case ipc.ActQueryServer:
 		s.onQueryServer(w, m)
@@ -74,8 +75,12 @@ func (s *Supervisor) onQueryServer(w *Worker, m *ipc.Message) {
 		return // Node ignores it too: the worker is on its way out
 	}
 	r := s.disp.Query(w, m)
+	w.asked = true
 	if r.Errno != 0 {
 		w.logger.Error(r.Err, "Cannot serve what the worker asked for", "key", r.Key, "errno", r.Errno)
+		if w.refused == "" {
+			w.refused = refusal(r)
+		}
 	} else {
 		w.logger.V(2).Info("Worker joined a server", "key", r.Key, "listener", r.Listener.Name(), "address", r.Listener.Addr().String())
 	}
@@ -127,7 +132,7 @@ func (s *Supervisor) onListening(w *Worker, m *ipc.Message) {
 	if w.state < Listening {
 		w.listeningAt = time.Now()
 		if sl := s.slotOf(w); sl != nil {
-			sl.startFails = 0
+			sl.startFails, sl.attempts = 0, nil
 		}
 		s.setState(w, Listening)
 		w.logger.Info("Worker listening", "address", addr, "port", m.Port, "startup", time.Since(w.forkedAt).Round(time.Millisecond))
@@ -262,10 +267,12 @@ func (s *Supervisor) onExit(ex Exit) {
 		return
 	}
 	delete(s.byPid, ex.Pid)
+	defer s.claimPorts() // (w's port, if it had one, is free)
 	w.stopTimers()
 	w.ch.Close()
 	s.disp.Remove(w)
 	_ = w.proc.Release()
+	reached := w.state
 	s.setState(w, Dead)
 	reason := exitReason(w, ex.Status)
 	uptime := time.Since(w.forkedAt)
@@ -288,22 +295,24 @@ func (s *Supervisor) onExit(ex Exit) {
 		sl.left = true
 		w.logger.Info("Not respawning: the worker left on purpose")
 	default:
-		s.afterAccidentalExit(w.slot, w.listeningAt, fmt.Errorf("worker %d %s", w.id, describe(ex.Status)))
+		s.afterAccidentalExit(w.slot, w.listeningAt, fmt.Errorf("worker %d %s", w.id, describe(ex.Status)), failedAttempt(w, reached, ex.Status, reason))
 	}
 }
 
 // afterAccidentalExit schedules the slot's respawn, or gives up when every
-// slot keeps failing before it listens.
-func (s *Supervisor) afterAccidentalExit(i int, listeningAt time.Time, why error) {
+// slot keeps failing before it listens; a says what a worker that had not
+// listened did.
+func (s *Supervisor) afterAccidentalExit(i int, listeningAt time.Time, why error, a attempt) {
 	sl := s.slots[i]
 	sl.left = false
 	if listeningAt.IsZero() {
 		sl.startFails++
+		s.noteAttempt(sl, a)
 	} else if time.Since(listeningAt) >= s.cfg.StableAfter {
 		sl.failures = 0
 	}
 	if s.allFailing() {
-		s.giveUp = fmt.Errorf("giving up: every worker failed %d times in a row before listening (last: %w)", s.cfg.MaxStartFailures, why)
+		s.giveUp = s.giveUpError(why)
 		return
 	}
 	delay := s.cfg.BackoffMin

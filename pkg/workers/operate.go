@@ -102,7 +102,7 @@ func (s *Supervisor) rollSwap(w *Worker) {
 	sl := s.slots[w.slot]
 	old := sl.worker
 	sl.worker, sl.spec = w, r.spec
-	sl.failures, sl.startFails, sl.left = 0, 0, false
+	sl.failures, sl.startFails, sl.attempts, sl.left = 0, 0, nil, false
 	if sl.respawnTimer != nil { // its old worker had crashed: no respawn now
 		sl.respawnTimer.Stop()
 		sl.respawnTimer = nil

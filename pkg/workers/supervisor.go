@@ -36,7 +36,10 @@ type Config struct {
 	Command []string
 	// Env is every worker's environment; the NODE_ channel variables and
 	// SIDECAR_WORKER_SLOT are added to it.
-	Env            []string
+	Env []string
+	// SlotPort, if set, gives each slot's workers a port of their own in
+	// Command (see SlotPort).
+	SlotPort       *SlotPort
 	Stdout, Stderr *os.File
 
 	StartTimeout time.Duration // not listening by then: killed, a crash
@@ -118,14 +121,18 @@ type Spec struct {
 	// Env is the whole environment; the NODE_ channel variables and
 	// SIDECAR_WORKER_SLOT are added to it.
 	Env []string
+	// SlotPort, if set, gives each slot's workers a port of their own in
+	// Command (see SlotPort).
+	SlotPort *SlotPort
 }
 
 // slot is one place in the pool.
 type slot struct {
 	spec         *Spec // what its workers run
 	worker       *Worker
-	failures     int // accidental exits in a row (backoff)
-	startFails   int // exits in a row before listening (give-up)
+	failures     int       // accidental exits in a row (backoff)
+	startFails   int       // exits in a row before listening (give-up)
+	attempts     []attempt // what those workers did, the last MaxStartFailures
 	left         bool
 	respawnTimer *time.Timer
 }
@@ -174,7 +181,7 @@ func New(cfg Config, disp Dispatcher) (*Supervisor, error) {
 		byPid:      make(map[int]*Worker),
 		serverData: make(map[string]json.RawMessage),
 	}
-	s.spec = &Spec{Command: cfg.Command, Env: cfg.Env}
+	s.spec = &Spec{Command: cfg.Command, Env: cfg.Env, SlotPort: cfg.SlotPort}
 	for range cfg.Workers {
 		s.slots = append(s.slots, &slot{spec: s.spec})
 	}
@@ -444,7 +451,8 @@ func (s *Supervisor) slotOf(w *Worker) *slot {
 func (s *Supervisor) spawn(i int) {
 	w, err := s.fork(i, s.slots[i].spec)
 	if err != nil {
-		s.afterAccidentalExit(i, time.Time{}, fmt.Errorf("cannot start: %w", err))
+		err = fmt.Errorf("cannot start: %w", err)
+		s.afterAccidentalExit(i, time.Time{}, err, attempt{what: "could not be started (" + err.Error() + ")"})
 		return
 	}
 	s.slots[i].worker = w
@@ -471,7 +479,16 @@ func (s *Supervisor) fork(i int, spec *Spec) (*Worker, error) {
 	}
 	s.byPid[w.pid] = w
 	s.cfg.Observer.StateChanged(i, Forked, Forked)
-	logger.Info("Worker forked", "pid", w.pid)
+	if sp := spec.SlotPort; sp != nil {
+		w.port = sp.Port(i)
+		w.portWait = sp.Claim != 0 && s.holdsPort(w)
+		logger.Info("Worker forked", "pid", w.pid, sp.Name, sp.Address(i))
+		if w.portWait {
+			logger.Info("Another worker still holds the slot's port: this one takes it once that one has exited", sp.Name, sp.Address(i))
+		}
+	} else {
+		logger.Info("Worker forked", "pid", w.pid)
+	}
 	w.after(s.cfg.StartTimeout, func() { s.post(timerEvent{w, s.startTimedOut}) })
 	return w, nil
 }
@@ -482,7 +499,8 @@ func (s *Supervisor) start(id, i int, spec *Spec, logger klog.Logger) (*Worker, 
 		return nil, err
 	}
 	defer child.Close()
-	cmd := exec.Command(spec.Command[0], spec.Command[1:]...)
+	argv := spec.SlotPort.command(spec.Command, i)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append([]string(nil), spec.Env...),
 		"NODE_UNIQUE_ID="+strconv.Itoa(id),
 		"NODE_CHANNEL_FD=3",
@@ -498,7 +516,7 @@ func (s *Supervisor) start(id, i int, spec *Spec, logger klog.Logger) (*Worker, 
 	}
 	w := &Worker{
 		id: id, slot: i, pid: cmd.Process.Pid, proc: cmd.Process, ch: ch,
-		logger: logger, state: Forked, forkedAt: time.Now(),
+		logger: logger, state: Forked, forkedAt: time.Now(), spec: spec,
 	}
 	// The channel is read on the acceptor's event loop: hot-path replies
 	// are consumed there, everything else comes to this loop.

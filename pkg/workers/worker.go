@@ -71,7 +71,18 @@ type Worker struct {
 	// candidate: a rolling restart's new worker, not its slot's worker
 	// until it listens.
 	candidate bool
-	timers    []*time.Timer
+	spec      *Spec // what it runs
+	// port is its slot port (Spec.SlotPort; 0: none); portWait: another
+	// worker held it when it started, so it is sent SlotPort.Claim once
+	// that one has exited.
+	port     int
+	portWait bool
+	// asked: it asked the master for a server (queryServer); refused:
+	// the first the master could not give it. What a worker that exits
+	// before it listens did (see GiveUpError).
+	asked   bool
+	refused string
+	timers  []*time.Timer
 	// window: the batch window the worker announced (ipc.ActBatchSupported);
 	// 0 for a Node worker. Read by the acceptor.
 	window atomic.Int32
