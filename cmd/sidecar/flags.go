@@ -35,6 +35,8 @@ type config struct {
 	minReady     int
 	shutdown     time.Duration // --shutdown-delay
 	nodeDrain    bool          // --node-drain: the drain preload in Node workers
+	inspectPort  int           // --inspect-port: the base of Node workers' inspector ports; 0: the command's, or 9229
+	allowWrapper bool          // --allow-wrapper: start a wrapper worker command (npm start, …) anyway
 	command      []string      // empty: the built-in hello worker
 	proxy        *proxy.Config // --upstream: built-in proxy workers; nil: none
 	// upstreamReadyPath is what the upstream readiness check GETs ("": it dials).
@@ -104,6 +106,8 @@ func buildConfig(args []string, getenv func(string) string, stderr io.Writer, fi
 	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of them (it follows --workers as the pool grows and shrinks)")
 	shutdownDelay := fs.Duration("shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing (so endpoints drop the pod) before draining")
 	nodeDrain := fs.Bool("node-drain", true, "load sidecar's drain preload into Node.js workers (NODE_OPTIONS=--require): once draining begins (SIGTERM, a rolling restart) every response closes its keep-alive connection, so no client loses a request to Node's server.close(); false leaves the app untouched")
+	inspectPort := fs.Int("inspect-port", 0, "`PORT`, the base of Node.js workers' inspector ports (Node's cluster.settings.inspectPort): a node worker command using the inspector (--inspect, --inspect-brk, --inspect-port, or in NODE_OPTIONS) gets PORT+1+slot, its slot's for good; 0: the port its --inspect names, or 9229")
+	allowWrapper := fs.Bool("allow-wrapper", false, "start a worker command that runs the app as its child process (npm start, yarn, pnpm, npx, nodemon, tsx, …) instead of refusing it with the command to run instead; such an app is not a cluster worker")
 	proxyFlags := addProxyFlags(fs)
 	verbosity := fs.Int("v", 0, "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
 	fs.Usage = func() { usage(fs, stderr) }
@@ -136,12 +140,19 @@ func buildConfig(args []string, getenv func(string) string, stderr io.Writer, fi
 	c.drainTimeout, c.killTimeout, c.queueSize = *drainTimeout, *killTimeout, *queueSize
 	c.adminAddr, c.enablePprof, c.minReady, c.shutdown = *adminAddr, *enablePprof, *minReady, *shutdownDelay
 	c.verbosity, c.nodeDrain = *verbosity, *nodeDrain
+	c.inspectPort, c.allowWrapper = *inspectPort, *allowWrapper
 	err := proxyFlags.apply(c)
 	if err == nil {
 		if c.schedule == "" {
 			c.schedule = scheduleFromNode(getenv("NODE_CLUSTER_SCHED_POLICY"))
 		}
+		err = c.checkWrapper() // before validate: a wrapper not on PATH (tsx) gets the advice too
+	}
+	if err == nil {
 		err = c.validate(listen.values)
+	}
+	if err == nil {
+		err = c.checkInspectPort(workersNodeOptions(c, getenv))
 	}
 	if err != nil {
 		return nil, fileError(err, file, fromFile)

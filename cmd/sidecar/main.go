@@ -62,6 +62,7 @@ func runMaster(args []string) int {
 	if len(cfg.pinned) > 0 {
 		klog.InfoS("Config file settings left out: a flag or variable sets them", "file", cfg.configPath, "keys", cfg.pinned)
 	}
+	noteWorkerCommand(cfg)
 	m, err := newApp(cfg, args, os.Getenv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sidecar: %v\n", err)
@@ -75,7 +76,7 @@ func runMaster(args []string) int {
 	}
 	klog.InfoS("Starting", "version", version, "workers", cfg.workers, "schedule", cfg.schedule, "command", workerText(cfg), "pid", os.Getpid())
 	if err := m.run(); err != nil {
-		klog.ErrorS(err, "Exiting")
+		klog.ErrorS(explainExit(err, cfg), "Exiting")
 		return 1
 	}
 	klog.InfoS("Exited cleanly")
@@ -272,13 +273,16 @@ func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {
 	}
 	env = nodeDrainEnv(cfg, env)
 	command := cfg.command
+	var slotPort *workers.SlotPort // Node's inspector, a port per slot
 	if len(command) == 0 {
 		var benv []string
 		command, benv = builtinCommand(cfg, addrs)
 		env = append(env, benv...)
+	} else {
+		command, slotPort = inspectorPorts(command, env, cfg.inspectPort)
 	}
 	return workers.Config{
-		Workers: cfg.workers, Command: command, Env: env,
+		Workers: cfg.workers, Command: command, Env: env, SlotPort: slotPort,
 		StartTimeout: cfg.startTimeout, HandoffTimeout: cfg.handoff, DisconnectTimeout: cfg.drainTimeout, KillTimeout: cfg.killTimeout,
 	}
 }
@@ -294,5 +298,5 @@ func commandText(c []string) string {
 // workerSpec is what cfg's workers run (see workerConfig).
 func workerSpec(cfg *config, acc *acceptor.Acceptor) *workers.Spec {
 	wc := workerConfig(cfg, acc)
-	return &workers.Spec{Command: wc.Command, Env: wc.Env}
+	return &workers.Spec{Command: wc.Command, Env: wc.Env, SlotPort: wc.SlotPort}
 }

@@ -70,6 +70,8 @@ var Settings = []Setting{
 	{"command", "", List, Roll},
 	{"env", "", Map, Roll},
 	{"nodeDrain", "node-drain", Scalar, Roll},
+	{"inspectPort", "inspect-port", Scalar, Roll},
+	{"allowWrapper", "allow-wrapper", Scalar, Live},
 	{"upstream", "upstream", Scalar, Roll},
 	{"upstreamReadyPath", "upstream-ready-path", Scalar, Roll},
 	{"clientHeaderTimeout", "client-header-timeout", Scalar, Roll},
