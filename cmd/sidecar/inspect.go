@@ -15,11 +15,14 @@ package main
 import (
 	"cmp"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"k8s.io/klog/v2"
 
 	"github.com/sidecar-project/sidecar/pkg/workers"
 )
@@ -265,4 +268,16 @@ func workersNodeOptions(c *config, getenv func(string) string) string {
 		return v
 	}
 	return getenv("NODE_OPTIONS")
+}
+
+// noteInspector says at start that the workers wait for a debugger
+// (--inspect-brk, --inspect-wait), and so must be attached to within
+// --start-timeout.
+func noteInspector(cfg *config) {
+	if !isNode(cfg.command) {
+		return
+	}
+	if argv, env := commandInspect(cfg.command, workersNodeOptions(cfg, os.Getenv)); argv.waits || env.waits {
+		klog.InfoS("Workers wait for a debugger before they run (--inspect-brk, --inspect-wait): one not listening within --start-timeout is killed", "startTimeout", cfg.startTimeout)
+	}
 }

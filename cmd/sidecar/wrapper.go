@@ -59,14 +59,14 @@ func adviseWrapper(command []string, dir string) *wrapperAdvice {
 	name, args := filepath.Base(command[0]), command[1:]
 	if isNode(command) {
 		// node node_modules/.bin/tsx app.ts, node …/npm-cli.js start
-		opts, script := nodeArgs(args)
-		if len(opts) > 0 || script >= len(args) {
+		_, script := nodeArgs(args)
+		if script >= len(args) {
 			return nil
 		}
 		name, args = wrapperScript(args[script]), args[script+1:]
 	}
 	if f := wrappers[name]; f != nil {
-		return f(name, args, dir)
+		return f(advisor{dir: dir}, name, args)
 	}
 	return nil
 }
@@ -91,10 +91,21 @@ func wrapperScript(path string) string {
 	return ""
 }
 
-type adviseFunc func(tool string, args []string, dir string) *wrapperAdvice
+// advisor reads what a wrapper runs, in the package directory dir;
+// depth counts wrappers that scripts run (npm start → npm run serve → …),
+// so that a script that runs itself ends.
+type advisor struct {
+	dir   string
+	depth int
+}
+
+const maxWrapperDepth = 4
+
+type adviseFunc func(v advisor, tool string, args []string) *wrapperAdvice
 
 // wrappers are the known programs that run the app as their child
-// process, each with how to find what it runs.
+// process, each with how to find what it runs (set in init: they refer to
+// it themselves).
 var wrappers map[string]adviseFunc
 
 func init() {
@@ -114,7 +125,7 @@ func init() {
 		"dotenv":      envFile("-e"),
 		"env-cmd":     envFile("-f"),
 		"pm2":         processManager, "pm2-runtime": processManager, "forever": processManager,
-		"concurrently": func(tool string, _ []string, _ string) *wrapperAdvice {
+		"concurrently": func(advisor, string, []string) *wrapperAdvice {
 			return &wrapperAdvice{why: "concurrently runs each command as its child process", notes: []string{"run each server in its own container instead"}}
 		},
 	}
@@ -122,8 +133,12 @@ func init() {
 
 // packageManager: npm start, npm run X, yarn X, pnpm start …: the
 // script's command, from package.json.
-func packageManager(tool string, args []string, dir string) *wrapperAdvice {
-	sub, rest, dir := subcommand(tool, args, dir)
+func packageManager(v advisor, tool string, args []string) *wrapperAdvice {
+	if tool == "yarnpkg" {
+		tool = "yarn"
+	}
+	sub, rest, dir := subcommand(args, v.dir)
+	v.dir = dir
 	a := &wrapperAdvice{why: tool + " runs the script as its child process (sh -c) and takes the cluster channel itself"}
 	var script string
 	switch sub {
@@ -138,7 +153,7 @@ func packageManager(tool string, args []string, dir string) *wrapperAdvice {
 		}
 		script, rest = rest[0], rest[1:]
 	case "exec", "x", "dlx":
-		return runPackage(tool+" "+sub, rest, dir)
+		return runPackage(v, tool+" "+sub, rest)
 	case "node": // yarn node app.js: node as a child
 		a.why = tool + " node runs node as its child process"
 		a.instead = append([]string{"node"}, rest...)
@@ -153,13 +168,13 @@ func packageManager(tool string, args []string, dir string) *wrapperAdvice {
 	}
 	a.why = fmt.Sprintf("%s runs the %s script as its child process (sh -c) and takes the cluster channel itself", tool, script)
 	extra := scriptArgs(tool, rest)
-	a.instead, a.notes = fromPackageJSON(tool, script, extra, dir)
+	a.instead, a.notes = v.fromPackageJSON(tool, script, extra)
 	return a
 }
 
 // subcommand skips the package manager's options before its subcommand,
 // following one that names the package's directory.
-func subcommand(tool string, args []string, dir string) (sub string, rest []string, pkgDir string) {
+func subcommand(args []string, dir string) (sub string, rest []string, pkgDir string) {
 	dirOpts := map[string]bool{"--prefix": true, "-C": true, "--cwd": true, "--dir": true}
 	valueOpts := map[string]bool{"-w": true, "--workspace": true, "--filter": true, "-F": true, "--loglevel": true,
 		"--userconfig": true, "--cache": true, "--registry": true, "--script-shell": true}
@@ -197,8 +212,8 @@ func scriptArgs(tool string, rest []string) []string {
 
 // fromPackageJSON is the command that package.json's script runs, and
 // notes on what else the package manager would have done.
-func fromPackageJSON(tool, script string, extra []string, dir string) ([]string, []string) {
-	path, _ := filepath.Abs(filepath.Join(dir, "package.json"))
+func (v advisor) fromPackageJSON(tool, script string, extra []string) ([]string, []string) {
+	path, _ := filepath.Abs(filepath.Join(v.dir, "package.json"))
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, []string{fmt.Sprintf("no script to read: %v", unwrapPath(err))}
@@ -214,13 +229,13 @@ func fromPackageJSON(tool, script string, extra []string, dir string) ([]string,
 		notes = append(notes, fmt.Sprintf("%s also runs the pre%s script (%q) first: run that before sidecar starts (in the image build or an init container)", tool, script, pre))
 	}
 	text, ok := pkg.Scripts[script]
-	if !ok && script == "start" && tool != "yarn" && fileExists(filepath.Join(dir, "server.js")) {
+	if !ok && script == "start" && tool != "yarn" && fileExists(filepath.Join(v.dir, "server.js")) {
 		text = "node server.js" // npm's and pnpm's start without a start script
 	}
 	if text == "" {
 		return nil, append(notes, fmt.Sprintf("%s has no %q script", path, script))
 	}
-	instead, more := scriptCommand(text, extra, dir)
+	instead, more := v.scriptCommand(text, extra)
 	return instead, append(notes, more...)
 }
 
@@ -240,7 +255,7 @@ func fileExists(path string) bool {
 // scriptCommand is the worker command that does what script (a
 // package.json script: a shell command line) does to run the server, with
 // extra arguments; nil when it cannot be told.
-func scriptCommand(script string, extra []string, dir string) ([]string, []string) {
+func (v advisor) scriptCommand(script string, extra []string) ([]string, []string) {
 	segs, err := shellSplit(script)
 	if err != nil {
 		return nil, []string{fmt.Sprintf("its script %q %v: run the server's own command", script, err)}
@@ -254,7 +269,7 @@ func scriptCommand(script string, extra []string, dir string) ([]string, []strin
 		}
 		notes = append(notes, fmt.Sprintf("its script runs %q first: do that before sidecar starts (in the image build or an init container)", strings.Join(before, " && ")))
 	}
-	instead, more := runnerCommand(last, dir)
+	instead, more := v.runnerCommand(last)
 	if instead == nil {
 		more = append(more, fmt.Sprintf("its script is %q", script))
 	}
@@ -264,7 +279,7 @@ func scriptCommand(script string, extra []string, dir string) ([]string, []strin
 // runnerCommand is the worker command that does what the command line
 // args does, in process: node itself, a known wrapper's in-process
 // equivalent, or ts-node (which is one); nil for anything else.
-func runnerCommand(args []string, dir string) ([]string, []string) {
+func (v advisor) runnerCommand(args []string) ([]string, []string) {
 	var env []string
 	for len(args) > 0 && isAssignment(args[0]) {
 		env, args = append(env, args[0]), args[1:]
@@ -278,10 +293,12 @@ func runnerCommand(args []string, dir string) ([]string, []string) {
 	case isNode(args):
 		instead = args
 	case name == "ts-node" && !slices.Contains(args, "--esm"):
-		instead = append([]string{binPath(dir, name)}, args[1:]...)
-	case wrappers[name] != nil:
-		a := wrappers[name](name, args[1:], dir)
-		instead, notes = a.instead, a.notes
+		instead = append([]string{binPath(v.dir, name)}, args[1:]...)
+	case wrappers[name] != nil && v.depth < maxWrapperDepth:
+		v.depth++
+		if a := wrappers[name](v, name, args[1:]); a != nil {
+			instead, notes = a.instead, a.notes
+		}
 	}
 	if instead != nil && len(env) > 0 {
 		instead = append(append([]string{"env"}, env...), instead...)
@@ -317,7 +334,7 @@ func isAssignment(s string) bool {
 }
 
 // runPackage: npx X, npm exec X, pnpm dlx X: X's program as a child.
-func runPackage(tool string, args []string, dir string) *wrapperAdvice {
+func runPackage(v advisor, tool string, args []string) *wrapperAdvice {
 	a := &wrapperAdvice{why: tool + " runs the package's program as its child process"}
 	i := 0
 options:
@@ -328,7 +345,7 @@ options:
 			if !has && i+1 < len(args) {
 				value = args[i+1]
 			}
-			a.instead, a.notes = scriptCommand(value, nil, dir)
+			a.instead, a.notes = v.scriptCommand(value, nil)
 			return a
 		case name == "--":
 			i++
@@ -342,33 +359,36 @@ options:
 	if args = args[i:]; len(args) == 0 {
 		return a
 	}
-	a.instead, a.notes = runnerCommand(args, dir)
+	a.instead, a.notes = v.runnerCommand(args)
 	if a.instead == nil {
 		a.notes = append(a.notes, fmt.Sprintf("if %s serves in its own process, run it directly: sidecar -- %s",
-			args[0], shellJoin(append([]string{binPath(dir, args[0])}, args[1:]...))))
+			args[0], shellJoin(append([]string{binPath(v.dir, args[0])}, args[1:]...))))
 	}
 	return a
 }
 
 // corepack yarn start: what the package manager does.
-func corepack(_ string, args []string, dir string) *wrapperAdvice {
+func corepack(v advisor, _ string, args []string) *wrapperAdvice {
 	if len(args) == 0 || wrappers[args[0]] == nil {
 		return nil
 	}
-	a := wrappers[args[0]](args[0], args[1:], dir)
-	a.why = "corepack " + a.why
+	a := wrappers[args[0]](v, args[0], args[1:])
+	if a != nil {
+		a.why = "corepack " + a.why
+	}
 	return a
 }
 
 // nodemon [options] [script] [args]: node, with the options node takes.
-func nodemon(_ string, args []string, dir string) *wrapperAdvice {
+func nodemon(v advisor, _ string, args []string) *wrapperAdvice {
 	a := &wrapperAdvice{
 		why:   "nodemon runs the app as its child process",
 		notes: []string{"nodemon restarts the app when its files change: a development tool (sidecar respawns a worker that crashes)"},
 	}
 	runner := []string{"node"}
 	var nodeOpts []string
-	for i := 0; i < len(args); i++ {
+	script := scriptArg(args, v.dir)
+	for i := 0; i < len(args) && (script < 0 || i < script); i++ {
 		name, value, has := strings.Cut(args[i], "=")
 		switch {
 		case name == "-x" || name == "--exec":
@@ -381,11 +401,10 @@ func nodemon(_ string, args []string, dir string) *wrapperAdvice {
 			nodeOpts = append(nodeOpts, args[i])
 		}
 	}
-	script := scriptArg(args, dir)
 	var rest []string
 	if script >= 0 {
 		rest = args[script:]
-	} else if main := packageMain(dir); main != "" {
+	} else if main := packageMain(v.dir); main != "" {
 		rest = []string{main}
 	} else {
 		return a
@@ -393,20 +412,20 @@ func nodemon(_ string, args []string, dir string) *wrapperAdvice {
 	if len(runner) == 1 && runner[0] == "node" && isTypeScript(rest[0]) {
 		runner = []string{"node", "-r", "ts-node/register"} // nodemon runs .ts with ts-node
 	}
-	instead, notes := runnerCommand(append(append(runner, nodeOpts...), rest...), dir)
+	instead, notes := v.runnerCommand(append(append(runner, nodeOpts...), rest...))
 	a.instead, a.notes = instead, append(a.notes, notes...)
 	return a
 }
 
 // tsx [watch] [options] script [args]: node --import tsx, tsx's own
 // loader in the app's process.
-func tsx(_ string, args []string, dir string) *wrapperAdvice {
+func tsx(v advisor, _ string, args []string) *wrapperAdvice {
 	a := &wrapperAdvice{why: "tsx runs the app in a child node process"}
 	if len(args) > 0 && args[0] == "watch" {
 		args = args[1:]
 		a.notes = append(a.notes, "tsx watch restarts the app when its files change: a development tool")
 	}
-	script := scriptArg(args, dir)
+	script := scriptArg(args, v.dir)
 	if script < 0 {
 		return a
 	}
@@ -434,12 +453,12 @@ func tsx(_ string, args []string, dir string) *wrapperAdvice {
 
 // ts-node --esm, ts-node-esm: node --loader ts-node/esm. ts-node without
 // --esm runs the app in its own process: no wrapper.
-func tsNodeESM(tool string, args []string, dir string) *wrapperAdvice {
+func tsNodeESM(v advisor, tool string, args []string) *wrapperAdvice {
 	if tool == "ts-node" && !slices.Contains(args, "--esm") {
 		return nil
 	}
 	a := &wrapperAdvice{why: tool + " runs the app in a child node process with its loader"}
-	if script := scriptArg(args, dir); script >= 0 {
+	if script := scriptArg(args, v.dir); script >= 0 {
 		a.instead = append([]string{"node", "--loader", "ts-node/esm"}, args[script:]...)
 		a.notes = []string{"ts-node's options go in tsconfig.json's \"ts-node\" section"}
 	}
@@ -449,9 +468,9 @@ func tsNodeESM(tool string, args []string, dir string) *wrapperAdvice {
 // scriptRunner is a wrapper that runs a script as its child process,
 // which prefix runs in process.
 func scriptRunner(prefix []string, note string) adviseFunc {
-	return func(tool string, args []string, dir string) *wrapperAdvice {
+	return func(v advisor, tool string, args []string) *wrapperAdvice {
 		a := &wrapperAdvice{why: tool + " runs the app as its child process", notes: []string{note}}
-		if script := scriptArg(args, dir); script >= 0 {
+		if script := scriptArg(args, v.dir); script >= 0 {
 			a.instead = append(slices.Clone(prefix), args[script:]...)
 		}
 		return a
@@ -459,16 +478,16 @@ func scriptRunner(prefix []string, note string) adviseFunc {
 }
 
 // cross-env A=b command: env A=b command.
-func crossEnv(tool string, args []string, dir string) *wrapperAdvice {
+func crossEnv(v advisor, tool string, args []string) *wrapperAdvice {
 	a := &wrapperAdvice{why: tool + " runs the command as its child process"}
-	a.instead, a.notes = runnerCommand(args, dir)
+	a.instead, a.notes = v.runnerCommand(args)
 	return a
 }
 
 // envFile: dotenv -e FILE -- command, env-cmd -f FILE command: node's
 // own --env-file when the command is node.
 func envFile(fileFlag string) adviseFunc {
-	return func(tool string, args []string, dir string) *wrapperAdvice {
+	return func(v advisor, tool string, args []string) *wrapperAdvice {
 		a := &wrapperAdvice{why: tool + " runs the command as its child process"}
 		var files []string
 		i := 0
@@ -482,7 +501,7 @@ func envFile(fileFlag string) adviseFunc {
 				files = append(files, args[i])
 			}
 		}
-		instead, notes := runnerCommand(args[i:], dir)
+		instead, notes := v.runnerCommand(args[i:])
 		if !isNode(instead) {
 			a.notes = []string{"set its variables in the container's environment or the config file's env instead"}
 			return a
@@ -501,12 +520,12 @@ func envFile(fileFlag string) adviseFunc {
 }
 
 // pm2, pm2-runtime, forever: process managers; sidecar is one.
-func processManager(tool string, args []string, dir string) *wrapperAdvice {
+func processManager(v advisor, tool string, args []string) *wrapperAdvice {
 	a := &wrapperAdvice{
 		why:   tool + " is a process manager: it runs the app as its own child process",
 		notes: []string{"sidecar does the clustering: give the number of instances to --workers"},
 	}
-	if script := scriptArg(args, dir); script >= 0 && !strings.Contains(args[script], "ecosystem") {
+	if script := scriptArg(args, v.dir); script >= 0 && !strings.Contains(args[script], "ecosystem") {
 		a.instead = []string{"node", args[script]}
 	}
 	return a
@@ -642,7 +661,7 @@ func shellJoin(args []string) string {
 
 // checkWrapper refuses a worker command that is a known wrapper, unless
 // --allow-wrapper; with it, the master says what to expect as it starts
-// (see noteWrapper).
+// (see noteWorkerCommand).
 func (c *config) checkWrapper() error {
 	if c.allowWrapper || len(c.command) == 0 {
 		return nil
@@ -660,12 +679,7 @@ func noteWorkerCommand(cfg *config) {
 	if a := adviseWrapper(cfg.command, "."); a != nil && cfg.allowWrapper {
 		klog.InfoS("The worker command is a wrapper; starting it as --allow-wrapper asks", "advice", a.message(cfg.command))
 	}
-	if isNode(cfg.command) {
-		argv, env := commandInspect(cfg.command, workersNodeOptions(cfg, os.Getenv))
-		if argv.waits || env.waits {
-			klog.InfoS("Workers wait for a debugger before they run (--inspect-brk, --inspect-wait): one not listening within --start-timeout is killed", "startTimeout", cfg.startTimeout)
-		}
-	}
+	noteInspector(cfg)
 }
 
 // explainExit adds to a pool that gave up what the refusal of a wrapper

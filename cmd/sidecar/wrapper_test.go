@@ -35,7 +35,10 @@ func TestAdviseWrapper(t *testing.T) {
 		"pretty": "node server.js | pino-pretty",
 		"next": "next start",
 		"ts": "ts-node src/index.ts",
-		"env": "node server.js --port $PORT"
+		"env": "node server.js --port $PORT",
+		"serve": "npm run ts",
+		"loop": "npm run loop",
+		"setup": "corepack enable"
 	}}`)
 	write("sub/package.json", `{"scripts": {}}`)
 	write("sub/server.js", "")
@@ -63,6 +66,10 @@ func TestAdviseWrapper(t *testing.T) {
 		{command: []string{"npm", "run", "next"}, note: `its script is "next start"`},
 		{command: []string{"npm", "run", "ts"}, instead: []string{filepath.Join(dir, "node_modules/.bin/ts-node"), "src/index.ts"}},
 		{command: []string{"npm", "run", "missing"}, note: `package.json has no "missing" script`},
+		{command: []string{"npm", "run", "serve"}, instead: []string{filepath.Join(dir, "node_modules/.bin/ts-node"), "src/index.ts"}},
+		{command: []string{"npm", "run", "loop"}, note: `its script is "npm run loop"`},
+		{command: []string{"npm", "run", "setup"}, note: `its script is "corepack enable"`},
+		{command: []string{"node", "--max-old-space-size=100", "node_modules/.bin/tsx", "a.ts"}, instead: []string{"node", "--import", "tsx", "a.ts"}},
 		{command: []string{"npm", "--prefix", "sub", "start"}, instead: []string{"node", "server.js"}},
 		{command: []string{"pnpm", "-C", "empty", "start"}, note: "no script to read: " + filepath.Join(dir, "empty", "package.json") + ": no such file or directory"},
 		{command: []string{"corepack", "yarn", "start"}, instead: []string{"node", "server.js"}},
