@@ -343,6 +343,7 @@ Flags (each can also be set by the environment variable shown):
 Examples:
   sidecar                                # built-in hello workers on :8080
   sidecar --workers 4 -- node server.js  # cluster an unmodified Node.js app
+  sidecar --workers 2 -- node --inspect server.js  # an inspector per worker: 127.0.0.1:9230, :9231
   sidecar --listen 127.0.0.1:0 --schedule shared -- ./my-go-worker
   sidecar --upstream http://127.0.0.1:3000  # proxy workers in front of an app
   sidecar --upstream tcp://127.0.0.1:5432   # L4 pass-through (e.g. a database)

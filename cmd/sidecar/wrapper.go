@@ -138,8 +138,12 @@ func packageManager(v advisor, tool string, args []string) *wrapperAdvice {
 		tool = "yarn"
 	}
 	sub, rest, dir := subcommand(args, v.dir)
-	v.dir = dir
 	a := &wrapperAdvice{why: tool + " runs the script as its child process (sh -c) and takes the cluster channel itself"}
+	if dir != v.dir {
+		abs, _ := filepath.Abs(dir)
+		a.notes = append(a.notes, fmt.Sprintf("start sidecar in %s, where %s runs its scripts", abs, tool))
+		v.dir = dir
+	}
 	var script string
 	switch sub {
 	case "start", "test", "t", "tst":
@@ -168,7 +172,8 @@ func packageManager(v advisor, tool string, args []string) *wrapperAdvice {
 	}
 	a.why = fmt.Sprintf("%s runs the %s script as its child process (sh -c) and takes the cluster channel itself", tool, script)
 	extra := scriptArgs(tool, rest)
-	a.instead, a.notes = v.fromPackageJSON(tool, script, extra)
+	instead, notes := v.fromPackageJSON(tool, script, extra)
+	a.instead, a.notes = instead, append(a.notes, notes...)
 	return a
 }
 

@@ -70,7 +70,7 @@ func TestAdviseWrapper(t *testing.T) {
 		{command: []string{"npm", "run", "loop"}, note: `its script is "npm run loop"`},
 		{command: []string{"npm", "run", "setup"}, note: `its script is "corepack enable"`},
 		{command: []string{"node", "--max-old-space-size=100", "node_modules/.bin/tsx", "a.ts"}, instead: []string{"node", "--import", "tsx", "a.ts"}},
-		{command: []string{"npm", "--prefix", "sub", "start"}, instead: []string{"node", "server.js"}},
+		{command: []string{"npm", "--prefix", "sub", "start"}, instead: []string{"node", "server.js"}, note: "start sidecar in " + filepath.Join(dir, "sub") + ", where npm runs its scripts"},
 		{command: []string{"pnpm", "-C", "empty", "start"}, note: "no script to read: " + filepath.Join(dir, "empty", "package.json") + ": no such file or directory"},
 		{command: []string{"corepack", "yarn", "start"}, instead: []string{"node", "server.js"}},
 		{command: []string{"node", "/usr/lib/node_modules/npm/bin/npm-cli.js", "start"}, instead: []string{"node", "server.js"}},
