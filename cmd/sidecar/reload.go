@@ -141,6 +141,9 @@ func changedRollKeys(old, next *config) []string {
 	if old.nodeDrain != next.nodeDrain {
 		keys = append(keys, "nodeDrain")
 	}
+	if old.inspectPort != next.inspectPort {
+		keys = append(keys, "inspectPort")
+	}
 	if fmt.Sprint(old.proxy) != fmt.Sprint(next.proxy) || old.upstreamReadyPath != next.upstreamReadyPath {
 		keys = append(keys, "upstream and proxy settings")
 	}
