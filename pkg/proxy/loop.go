@@ -126,7 +126,7 @@ func newLoop(s *server) (*loop, error) {
 		cfg.UpstreamResponseTimeout, cfg.UpstreamIdleTimeout, lingerTimeout, cluster.DrainGrace) / 4
 	if s.p.upstream.l4 {
 		l.tcp = newTCPLoop(l)
-		l.tick = min(l.tick, cfg.TCPIdleTimeout/4)
+		l.tick = min(l.tick, cfg.TCPIdleTimeout/4, cfg.UpstreamDialTimeout/4)
 	}
 	l.tick = max(10*time.Millisecond, min(l.tick, 500*time.Millisecond))
 	// the eventfd is item 0

@@ -383,3 +383,80 @@ func TestTCPShutdownWaitsForConnections(t *testing.T) {
 		}
 	})
 }
+
+// TestTCPUpstreamByName: an upstream given by name is dialled on a
+// goroutine (the name resolved each time), an IP address connected from
+// the loop; both pass bytes and half-closes through.
+func TestTCPUpstreamByName(t *testing.T) {
+	up := testkit.ServeTCP(t, func(c *net.TCPConn) {
+		b, _ := io.ReadAll(c)
+		fmt.Fprintf(c, "read %q", b)
+	})
+	_, port, _ := net.SplitHostPort(up)
+	for _, u := range []string{"tcp://localhost:" + port, "tcp://" + up} {
+		p := startTCP(t, entryHandoff, Config{Upstream: u})
+		if byName := p.loop.sa == nil; byName != (u != "tcp://"+up) {
+			t.Errorf("%s: dialled on a goroutine %v", u, byName)
+		}
+		c := dialTCP(t, p.addr)
+		io.WriteString(c, "hello")
+		c.CloseWrite()
+		if reply, err := io.ReadAll(c); err != nil || string(reply) != `read "hello"` {
+			t.Errorf("%s: reply %q, %v", u, reply, err)
+		}
+		p.waitEnded(t)
+	}
+}
+
+// TestTCPConnectTimeout: an upstream that never answers the connect (its
+// accept queue is full: the kernel drops the SYN) is given up after
+// UpstreamDialTimeout, counted as a timeout, and the client's connection
+// closed.
+func TestTCPConnectTimeout(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil { // a queue of one connection, never accepted
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	full := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	first := dialTCP(t, full) // fills the queue
+	defer first.Close()
+
+	p := startTCP(t, entryHandoff, Config{Upstream: "tcp://" + full, UpstreamDialTimeout: 300 * time.Millisecond})
+	c := dialTCP(t, p.addr)
+	io.WriteString(c, "anyone?")
+	if b, err := io.ReadAll(c); len(b) != 0 || err != nil && !isReset(err) {
+		t.Fatalf("read %q, %v; want the connection closed", b, err)
+	}
+	testkit.WaitFor(t, "the timed out connect to be counted", 10*time.Second, func() bool {
+		return testutil.ToFloat64(p.m.upstream.WithLabelValues(errTimeout)) == 1
+	})
+	p.waitEnded(t)
+}
+
+func TestIPSockaddr(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want unix.Sockaddr
+	}{
+		{"127.0.0.1:5432", &unix.SockaddrInet4{Port: 5432, Addr: [4]byte{127, 0, 0, 1}}},
+		{"[::ffff:10.0.0.1]:80", &unix.SockaddrInet4{Port: 80, Addr: [4]byte{10, 0, 0, 1}}},
+		{"[::1]:6379", &unix.SockaddrInet6{Port: 6379, Addr: [16]byte{15: 1}}},
+		{"db:5432", nil},            // a name: resolved off the loop
+		{"localhost:5432", nil},     // likewise
+		{"127.0.0.1:postgres", nil}, // a service name
+		{"[fe80::1%eth0]:80", nil},  // a zone
+		{"127.0.0.1:70000", nil},
+	} {
+		if got := ipSockaddr(c.in); fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("%s: %#v, want %#v", c.in, got, c.want)
+		}
+	}
+}
