@@ -9,6 +9,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -408,27 +411,98 @@ func TestTCPUpstreamByName(t *testing.T) {
 	}
 }
 
-// TestTCPConnectTimeout: an upstream that never answers the connect (its
-// accept queue is full: the kernel drops the SYN) is given up after
-// UpstreamDialTimeout, counted as a timeout, and the client's connection
-// closed.
-func TestTCPConnectTimeout(t *testing.T) {
+// fullListener is a listening socket on 127.0.0.1 whose accept queue
+// (of one) is full: the kernel drops the SYN of a connect to it, which
+// waits for its retransmission (a second later), or times out. The
+// socket's accepts time out after 10 s.
+func fullListener(t *testing.T) (fd int, addr string) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
+	t.Cleanup(func() { unix.Close(fd) })
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Listen(fd, 0); err != nil { // a queue of one connection, never accepted
+	if err := unix.Listen(fd, 0); err != nil {
 		t.Fatal(err)
 	}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 10})
 	sa, _ := unix.Getsockname(fd)
-	full := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-	first := dialTCP(t, full) // fills the queue
-	defer first.Close()
+	addr = fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	dialTCP(t, addr) // fills the queue
+	return fd, addr
+}
 
+// TestTCPSlowConnect: what the client sends before the upstream's
+// connection is made waits for it, and so does its EOF, with bytes before
+// it or without (a shutdown of a connecting socket would abort the
+// connect).
+func TestTCPSlowConnect(t *testing.T) {
+	for _, early := range []string{"early bytes", ""} {
+		fd, full := fullListener(t)
+		p := startTCP(t, entryHandoff, Config{Upstream: "tcp://" + full})
+		c := dialTCP(t, p.addr)
+		io.WriteString(c, early)
+		c.CloseWrite()
+		testkit.WaitFor(t, "the proxy's connect to wait for an answer", 10*time.Second, func() bool {
+			return synSentTo(t, full)
+		})
+		// Make room: the proxy's connect succeeds when its SYN is sent again.
+		nfd, _, err := unix.Accept(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(nfd)
+		nfd, _, err = unix.Accept(fd)
+		if err != nil {
+			t.Fatalf("the proxy's connection never came: %v", err)
+		}
+		f := os.NewFile(uintptr(nfd), "upstream")
+		up, err := net.FileConn(f) // (a duplicate)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer up.Close()
+		up.SetDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(up); err != nil || string(b) != early {
+			t.Fatalf("the upstream read %q, %v; want %q, then EOF", b, err, early)
+		}
+		io.WriteString(up, "reply")
+		up.Close()
+		if b, err := io.ReadAll(c); err != nil || string(b) != "reply" {
+			t.Fatalf("the client read %q, %v", b, err)
+		}
+		p.waitEnded(t)
+	}
+}
+
+// synSentTo reports whether a socket of the system connects to addr
+// (127.0.0.1:port) and waits for its answer (SYN_SENT).
+func synSentTo(t *testing.T, addr string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	want := fmt.Sprintf("0100007F:%04X", n)
+	for _, line := range strings.Split(string(b), "\n") {
+		// sl local_address rem_address st ...
+		if f := strings.Fields(line); len(f) > 3 && f[2] == want && f[3] == "02" {
+			return true
+		}
+	}
+	return false
+}
+
+// TestTCPConnectTimeout: an upstream that never answers the connect is
+// given up after UpstreamDialTimeout, counted as a timeout, and the
+// client's connection closed.
+func TestTCPConnectTimeout(t *testing.T) {
+	_, full := fullListener(t)
 	p := startTCP(t, entryHandoff, Config{Upstream: "tcp://" + full, UpstreamDialTimeout: 300 * time.Millisecond})
 	c := dialTCP(t, p.addr)
 	io.WriteString(c, "anyone?")

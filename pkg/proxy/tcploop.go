@@ -33,15 +33,19 @@ import (
 //
 // The loop never waits for an upstream connection. An upstream given as
 // an IP address is connected from the loop with a non-blocking connect,
-// which returns at once; epoll says when the connection is made (or
-// refused), and the sweep enforces UpstreamDialTimeout. A dial on a
-// goroutine, as the HTTP loop's, cost 13 system calls more per
-// connection (net.Dialer's socket options and address look-ups, its
-// poller's registration, the descriptor's duplicate, the post to the
-// loop) and two goroutine wake-ups: a fifth of HAProxy's new connections
-// per second. An upstream given by name is dialled on a goroutine
-// (net.Dialer resolves it, each time, as before). The client is read
-// only once its upstream is connected.
+// which returns at once, and both sockets join the epoll set together:
+// the client's first bytes are read when they come and written as soon
+// as the connection is made (a write before that fails with EAGAIN and
+// waits for epoll's EPOLLOUT); an error before the connection is known
+// to be made is a failed dial, and the sweep enforces
+// UpstreamDialTimeout. A dial on a goroutine, as the HTTP loop's, cost
+// 13 system calls more per connection (net.Dialer's socket options and
+// address look-ups, its poller's registration, the descriptor's
+// duplicate, the post to the loop), two goroutine wake-ups and a turn of
+// the loop before the client was read: a fifth of HAProxy's new
+// connections per second. An upstream given by name is dialled on a
+// goroutine (net.Dialer resolves it, each time, as before); its client
+// is read once it is connected.
 
 // tcpTurnBytes bounds what one direction moves in one turn of the loop: a
 // bulk transfer whose source never runs dry must not starve the loop's
@@ -80,7 +84,7 @@ type tcpConn struct {
 	pipes      [2]tcpPipe // toUpstream: client → upstream; toClient: upstream → client
 	last       time.Time  // bytes last moved either way (or the upstream connected)
 	dialing    bool       // on a goroutine
-	connecting bool       // from the loop: up is in the epoll set, the client not yet
+	connecting bool       // from the loop, and not yet known to be made
 	queued     bool       // in t.ready
 	closed     bool
 	started    time.Time // the dial's start
@@ -151,11 +155,14 @@ func (t *tcpLoop) add(fd int) {
 	}
 	if err := t.connect(c); err != nil {
 		t.dialFailed(c, err)
+		return
 	}
+	t.connected(c)
 }
 
 // connect starts connecting c's upstream socket (non-blocking: the
-// connection is made, or refused, when epoll says so).
+// connection is made, or refused, when epoll says so). It is taken as
+// writable: a write before it is made fails with EAGAIN.
 func (t *tcpLoop) connect(c *tcpConn) error {
 	l := t.l
 	family := unix.AF_INET
@@ -176,29 +183,8 @@ func (t *tcpLoop) connect(c *tcpConn) error {
 		unix.Close(fd)
 		return t.dialError(os.NewSyscallError("epoll_ctl", err))
 	}
-	c.up.fd, c.up.tok, c.connecting = fd, tok, true
+	c.up.fd, c.up.tok, c.up.writable, c.connecting = fd, tok, true, true
 	return nil
-}
-
-// connectEvent takes the first events of an upstream socket the loop is
-// connecting: connected once it is writable, failed on an error.
-func (c *tcpConn) connectEvent(ev uint32) {
-	t := c.t
-	switch {
-	case ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0:
-		errno, err := unix.GetsockoptInt(c.up.fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err == nil {
-			err = unix.ECONNRESET // (hung up without an error)
-			if errno != 0 {
-				err = syscall.Errno(errno)
-			}
-		}
-		t.dialFailed(c, t.dialError(os.NewSyscallError("connect", err)))
-	case ev&unix.EPOLLOUT != 0:
-		c.connecting = false
-		c.up.note(ev)
-		t.connected(c)
-	}
 }
 
 // dialError is err as net.Dialer would say it (what classify reads).
@@ -292,12 +278,12 @@ func (t *tcpLoop) connected(c *tcpConn) {
 }
 
 func (s *tcpSide) event(ev uint32) {
-	if c := s.c; c.connecting { // (only the upstream socket is in the epoll set)
-		c.connectEvent(ev)
-		return
+	c := s.c
+	if c.connecting && s == &c.up && ev&unix.EPOLLOUT != 0 && ev&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		c.connecting = false
 	}
 	s.note(ev)
-	s.c.pump()
+	c.pump()
 }
 
 // pump moves both directions until each must wait, and closes the
@@ -307,13 +293,15 @@ func (c *tcpConn) pump() {
 		return
 	}
 	t := c.t
-	more, err := c.move(&c.client, &c.up, toUpstream)
+	more, failed, err := c.move(&c.client, &c.up, toUpstream)
 	if err == nil {
 		var more2 bool
-		more2, err = c.move(&c.up, &c.client, toClient)
+		more2, failed, err = c.move(&c.up, &c.client, toClient)
 		more = more || more2
 	}
 	switch {
+	case err != nil && c.connecting && failed == &c.up: // the connect failed
+		t.dialFailed(c, t.dialError(os.NewSyscallError("connect", err)))
 	case err != nil:
 		klog.V(4).InfoS("Pass-through ended", "upstream", t.l.p.upstream.name, "reason", err.Error())
 		c.close()
@@ -327,60 +315,43 @@ func (c *tcpConn) pump() {
 
 // move passes src's bytes to dst until one of them must wait, src's end
 // is passed on, or tcpTurnBytes have moved (more: the rest waits for the
-// next turn). Its buffer is read into only once it is empty.
-func (c *tcpConn) move(src, dst *tcpSide, dir int) (more bool, err error) {
+// next turn), or one of them fails (failed, err). Its buffer is read into
+// only once it is empty.
+func (c *tcpConn) move(src, dst *tcpSide, dir int) (more bool, failed *tcpSide, err error) {
 	t := c.t
 	p := &c.pipes[dir]
 	moved := 0
 	for {
 		if p.r < p.w {
-			if !dst.writable {
-				c.stall(p, dir)
-				return false, nil
-			}
-			n, errno := rawWrite(dst.fd, p.buf[p.r:p.w])
-			switch {
-			case errno == unix.EAGAIN:
-				dst.writable = false
-				c.stall(p, dir)
-				return false, nil
-			case errno != 0:
-				return false, errno
-			}
-			p.r += n
+			n, err := c.flush(p, dst, dir)
 			moved += n
-			t.bytes.count(dir, n)
-			c.last = t.l.now
-			if p.r < p.w { // the socket's buffer is full
-				dst.writable = false
-				c.stall(p, dir)
-				return false, nil
-			}
-			if p.stalled {
-				p.stalled = false
-				t.stalled[dir].Add(-1)
+			switch {
+			case err != nil:
+				return false, dst, err
+			case p.r < p.w:
+				return false, nil, nil
 			}
 		}
 		switch {
 		case p.eof:
 			c.releaseBuf(p)
-			if !p.shut {
-				p.shut = true
-				// The other direction has ended too: closing both
-				// sockets (pump) passes this end on.
-				if c.pipes[1-dir].shut {
-					return false, nil
-				}
+			if p.shut || c.connecting && dst == &c.up { // (a shutdown would abort the connect)
+				return false, nil, nil
+			}
+			p.shut = true
+			// The other direction has ended too: closing both sockets
+			// (pump) passes this end on.
+			if !c.pipes[1-dir].shut {
 				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
-					return false, err
+					return false, dst, err
 				}
 			}
-			return false, nil
+			return false, nil, nil
 		case !src.readable:
 			c.releaseBuf(p)
-			return false, nil
+			return false, nil, nil
 		case moved >= tcpTurnBytes:
-			return true, nil
+			return true, nil, nil
 		case p.buf == nil:
 			p.buf = t.l.getBuf()
 			t.held.Add(1)
@@ -390,9 +361,9 @@ func (c *tcpConn) move(src, dst *tcpSide, dir int) (more bool, err error) {
 		case errno == unix.EAGAIN:
 			src.readable = false
 			c.releaseBuf(p)
-			return false, nil
+			return false, nil, nil
 		case errno != 0:
-			return false, errno
+			return false, src, errno
 		case n == 0:
 			p.eof = true
 			continue
@@ -402,6 +373,40 @@ func (c *tcpConn) move(src, dst *tcpSide, dir int) (more bool, err error) {
 			src.readable = false
 		}
 	}
+}
+
+// flush writes p's bytes to dst until they are all written or dst's
+// buffer is full (p stalls then); it returns how many it wrote.
+func (c *tcpConn) flush(p *tcpPipe, dst *tcpSide, dir int) (int, error) {
+	t := c.t
+	if !dst.writable {
+		c.stall(p, dir)
+		return 0, nil
+	}
+	n, errno := rawWrite(dst.fd, p.buf[p.r:p.w])
+	switch {
+	case errno == unix.EAGAIN:
+		dst.writable = false
+		c.stall(p, dir)
+		return 0, nil
+	case errno != 0:
+		return 0, errno
+	}
+	if c.connecting && dst == &c.up { // (a write succeeds once it is made)
+		c.connecting = false
+	}
+	p.r += n
+	t.bytes.count(dir, n)
+	c.last = t.l.now
+	switch {
+	case p.r < p.w: // the socket's buffer is full
+		dst.writable = false
+		c.stall(p, dir)
+	case p.stalled:
+		p.stalled = false
+		t.stalled[dir].Add(-1)
+	}
+	return n, nil
 }
 
 // stall notes that p holds bytes its destination does not take.
