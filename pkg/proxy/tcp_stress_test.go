@@ -111,12 +111,20 @@ func waitUntil(what string, timeout time.Duration, cond func() bool) error {
 // TestTCPGiBEachWaySlowReaders: a GiB each way at once, through one
 // connection, to readers that read 4 KiB at a time and stop now and then
 // until the proxy holds bytes it cannot write: the proxy then stops
-// reading the other side, holding at most a buffer per direction, and the
-// process's heap stays small; every byte arrives, in order (CRC).
+// reading the other side, holding at most a buffer (or a pipe) per
+// direction, and the process's heap stays small; every byte arrives, in
+// order (CRC). Spliced, as a bulk transfer is, and copied.
 func TestTCPGiBEachWaySlowReaders(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moves a GiB each way; not with -short")
 	}
+	for _, splice := range []bool{true, false} {
+		name := map[bool]string{true: "splice", false: "copy"}[splice]
+		t.Run(name, func(t *testing.T) { testGiBEachWay(t, splice) })
+	}
+}
+
+func testGiBEachWay(t *testing.T, splice bool) {
 	// 2 s here, 5 s under the race detector (measured on 2 vCPUs): no
 	// smaller size under it
 	const size = int64(1 << 30)
@@ -127,7 +135,7 @@ func TestTCPGiBEachWaySlowReaders(t *testing.T) {
 		sentCRC, readCRC  uint32
 		writeErr, readErr error
 		heap              []uint64 // HeapInuse at each stop
-		held              []int64  // buffers held at each stop
+		held              []int64  // buffers (or pipes) held at each stop
 	}
 	var upEnd, clientEnd end
 	var p *tcpUnderTest
@@ -171,6 +179,9 @@ func TestTCPGiBEachWaySlowReaders(t *testing.T) {
 		<-wrote
 	})
 	p = startTCP(t, entryHandoff, Config{Upstream: "tcp://" + up})
+	if !splice {
+		p.loop.spliceAfter.Store(tcpSpliceNever)
+	}
 	close(started)
 	c := dialTCP(t, p.addr)
 	c.SetDeadline(time.Now().Add(10 * time.Minute))
@@ -208,6 +219,9 @@ func TestTCPGiBEachWaySlowReaders(t *testing.T) {
 	p.waitEnded(t)
 	if up, down := p.bytes(toUpstream), p.bytes(toClient); up != float64(size) || down != float64(size) {
 		t.Errorf("bytes counted: %v to the upstream, %v to the client; want %d each", up, down, size)
+	}
+	if n, want := p.loop.splicing.Load(), map[bool]int64{true: 2, false: 0}[splice]; n != want {
+		t.Errorf("%d flows spliced, want %d", n, want)
 	}
 }
 
@@ -353,6 +367,7 @@ func TestTCPManyConnections(t *testing.T) {
 	if got := p.bytes(toUpstream) + p.bytes(toClient); got != float64(total+4*n) {
 		t.Errorf("bytes counted %v, want %d", got, total+4*n)
 	}
+	t.Logf("%d flows went on by splicing", p.loop.splicing.Load())
 }
 
 // runManyEnd is one end of a connection of TestTCPManyConnections: it

@@ -1,15 +1,9 @@
 package proxy
 
 import (
-	"context"
-	"net"
-	"net/netip"
 	"os"
-	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -63,9 +57,15 @@ type tcpLoop struct {
 	bytes *tcpMetrics
 	sa    unix.Sockaddr // the upstream's address, connected from the loop; nil: a name, dialled on a goroutine
 
-	// What tests watch from other goroutines: buffers the connections
-	// hold, and directions stalled (holding bytes their destination does
-	// not take), by direction (toUpstream, toClient).
+	pipes    []*tcpPipe // idle pipes (tcpflow.go)
+	pipesLow int        // the fewest idle pipes since the last trim
+
+	// spliceAfter is tcpSpliceAfter (tests turn splicing off), splicing
+	// counts the flows that began to splice.
+	spliceAfter, splicing atomic.Int64
+	// What tests watch from other goroutines: buffers and pipes the
+	// connections hold, and directions stalled (holding bytes their
+	// destination does not take), by direction (toUpstream, toClient).
 	held    atomic.Int64
 	stalled [2]atomic.Int64
 }
@@ -81,7 +81,7 @@ type tcpConn struct {
 	t          *tcpLoop
 	client     tcpSide
 	up         tcpSide
-	pipes      [2]tcpPipe // toUpstream: client → upstream; toClient: upstream → client
+	flows      [2]tcpFlow // toUpstream: client → upstream; toClient: upstream → client
 	last       time.Time  // bytes last moved either way (or the upstream connected)
 	dialing    bool       // on a goroutine
 	connecting bool       // from the loop, and not yet known to be made
@@ -98,37 +98,35 @@ type tcpSide struct {
 	sockState
 }
 
-// tcpPipe is one direction: bytes read from its source, buf[r:w], not yet
-// written to its destination.
-type tcpPipe struct {
+// tcpFlow is one direction: the bytes read from its source and not yet
+// written to its destination, in one of the loop's buffers (buf[r:w]) or,
+// once the flow has shown itself a bulk transfer, in a kernel pipe
+// (tcpsplice.go).
+type tcpFlow struct {
 	buf     []byte
 	r, w    int
+	pipe    *tcpPipe // spliced: holds inPipe bytes
+	inPipe  int
+	spliced bool // the bytes go through a pipe (splice), not a buffer
+	full    int  // reads in a row that filled the buffer
 	eof     bool // the source has ended
 	shut    bool // and its end was passed on
 	stalled bool // counted in tcpLoop.stalled
 }
 
-func newTCPLoop(l *loop) *tcpLoop {
-	return &tcpLoop{l: l, conns: map[*tcpConn]struct{}{}, idle: l.p.cfg.TCPIdleTimeout, bytes: l.p.metrics.tcp,
-		sa: ipSockaddr(l.p.upstream.address)}
+// pending is how many bytes f holds.
+func (f *tcpFlow) pending() int {
+	if f.spliced {
+		return f.inPipe
+	}
+	return f.w - f.r
 }
 
-// ipSockaddr is host:port's socket address if host is an IP address (with
-// no zone) and port a number; nil otherwise.
-func ipSockaddr(hostport string) unix.Sockaddr {
-	host, port, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return nil
-	}
-	ip, err := netip.ParseAddr(host)
-	n, perr := strconv.ParseUint(port, 10, 16)
-	switch {
-	case err != nil || perr != nil || ip.Zone() != "":
-		return nil
-	case ip.Is4() || ip.Is4In6():
-		return &unix.SockaddrInet4{Port: int(n), Addr: ip.Unmap().As4()}
-	}
-	return &unix.SockaddrInet6{Port: int(n), Addr: ip.As16()}
+func newTCPLoop(l *loop) *tcpLoop {
+	t := &tcpLoop{l: l, conns: map[*tcpConn]struct{}{}, idle: l.p.cfg.TCPIdleTimeout, bytes: l.p.metrics.tcp,
+		sa: ipSockaddr(l.p.upstream.address)}
+	t.spliceAfter.Store(tcpSpliceAfter)
+	return t
 }
 
 // busy reports whether connections need the sweep; nil-safe (the loop of
@@ -160,123 +158,6 @@ func (t *tcpLoop) add(fd int) {
 	t.connected(c)
 }
 
-// connect starts connecting c's upstream socket (non-blocking: the
-// connection is made, or refused, when epoll says so). It is taken as
-// writable: a write before it is made fails with EAGAIN.
-func (t *tcpLoop) connect(c *tcpConn) error {
-	l := t.l
-	family := unix.AF_INET
-	if _, ok := t.sa.(*unix.SockaddrInet6); ok {
-		family = unix.AF_INET6
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return t.dialError(os.NewSyscallError("socket", err))
-	}
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if err := unix.Connect(fd, t.sa); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return t.dialError(os.NewSyscallError("connect", err))
-	}
-	tok, err := l.register(fd, &c.up)
-	if err != nil {
-		unix.Close(fd)
-		return t.dialError(os.NewSyscallError("epoll_ctl", err))
-	}
-	c.up.fd, c.up.tok, c.up.writable, c.connecting = fd, tok, true, true
-	return nil
-}
-
-// dialError is err as net.Dialer would say it (what classify reads).
-func (t *tcpLoop) dialError(err error) error {
-	return &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(t.sa), Err: err}
-}
-
-func tcpAddr(sa unix.Sockaddr) net.Addr {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
-	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
-	}
-	return nil
-}
-
-// dialFailed closes c, whose upstream could not be reached: counted, and
-// logged at most once a second per kind.
-func (t *tcpLoop) dialFailed(c *tcpConn, err error) {
-	l := t.l
-	kind, _, what := classify(err)
-	l.p.metrics.upstream.WithLabelValues(kind).Inc()
-	l.p.errLog.log("tcp "+kind, err, "Upstream connection failed; closing the client connection",
-		"upstream", l.p.upstream.name, "kind", kind, "what", what)
-	c.close()
-}
-
-// dial connects to the upstream on a goroutine of its own and posts the
-// connection (or the error) for c.
-func (t *tcpLoop) dial(c *tcpConn) {
-	l := t.l
-	up := l.p.upstream
-	conn, err := l.p.dialer.DialContext(context.Background(), up.network, up.address)
-	fd := -1
-	if err == nil {
-		fd, err = detachFd(conn)
-	}
-	l.post(loopMsg{kind: msgDialed, tcp: c, fd: fd, err: err})
-}
-
-// dialed takes c's upstream connection dialled on a goroutine, or closes
-// c if the dial failed.
-func (t *tcpLoop) dialed(m loopMsg) {
-	l := t.l
-	c := m.tcp
-	if c.closed {
-		if m.err == nil {
-			unix.Close(m.fd)
-		}
-		return
-	}
-	c.dialing = false
-	if m.err != nil {
-		t.dialFailed(c, m.err)
-		return
-	}
-	c.up.fd, c.up.writable = m.fd, true
-	tok, err := l.register(m.fd, &c.up)
-	if err != nil {
-		klog.ErrorS(err, "Proxy event loop: cannot watch a pass-through connection")
-		c.close()
-		return
-	}
-	c.up.tok = tok
-	t.connected(c)
-}
-
-// connected starts passing c through, its upstream connection made.
-func (t *tcpLoop) connected(c *tcpConn) {
-	l := t.l
-	c.last = l.now
-	c.client.writable = true
-	tok, err := l.register(c.client.fd, &c.client)
-	if err != nil {
-		klog.ErrorS(err, "Proxy event loop: cannot watch a pass-through connection")
-		c.close()
-		return
-	}
-	c.client.tok = tok
-	if klog.V(4).Enabled() {
-		klog.InfoS("Passing through", "client", peerIP(c.client.fd), "upstream", l.p.upstream.name,
-			"dial", l.now.Sub(c.started))
-	}
-	// Registering an edge-triggered socket reports what it holds already:
-	// the client's first bytes are read when epoll says so. The upstream
-	// may have spoken first.
-	if c.up.readable {
-		c.pump()
-	}
-}
-
 func (s *tcpSide) event(ev uint32) {
 	c := s.c
 	if c.connecting && s == &c.up && ev&unix.EPOLLOUT != 0 && ev&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
@@ -305,7 +186,7 @@ func (c *tcpConn) pump() {
 	case err != nil:
 		klog.V(4).InfoS("Pass-through ended", "upstream", t.l.p.upstream.name, "reason", err.Error())
 		c.close()
-	case c.pipes[toUpstream].shut && c.pipes[toClient].shut:
+	case c.flows[toUpstream].shut && c.flows[toClient].shut:
 		c.close()
 	case more && !c.queued:
 		c.queued = true
@@ -315,113 +196,73 @@ func (c *tcpConn) pump() {
 
 // move passes src's bytes to dst until one of them must wait, src's end
 // is passed on, or tcpTurnBytes have moved (more: the rest waits for the
-// next turn), or one of them fails (failed, err). Its buffer is read into
-// only once it is empty.
+// next turn), or one of them fails (failed, err). The flow reads its
+// source only once it holds nothing.
 func (c *tcpConn) move(src, dst *tcpSide, dir int) (more bool, failed *tcpSide, err error) {
-	t := c.t
-	p := &c.pipes[dir]
+	f := &c.flows[dir]
 	moved := 0
 	for {
-		if p.r < p.w {
-			n, err := c.flush(p, dst, dir)
+		if f.pending() > 0 {
+			n, err := c.flush(f, dst, dir)
 			moved += n
 			switch {
 			case err != nil:
 				return false, dst, err
-			case p.r < p.w:
+			case f.pending() > 0:
 				return false, nil, nil
 			}
 		}
 		switch {
-		case p.eof:
-			c.releaseBuf(p)
-			if p.shut || c.connecting && dst == &c.up { // (a shutdown would abort the connect)
-				return false, nil, nil
-			}
-			p.shut = true
-			// The other direction has ended too: closing both sockets
-			// (pump) passes this end on.
-			if !c.pipes[1-dir].shut {
-				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
-					return false, dst, err
-				}
-			}
-			return false, nil, nil
+		case f.eof:
+			return false, dst, c.passEnd(f, dst, dir)
 		case !src.readable:
-			c.releaseBuf(p)
+			c.release(f)
 			return false, nil, nil
 		case moved >= tcpTurnBytes:
 			return true, nil, nil
-		case p.buf == nil:
-			p.buf = t.l.getBuf()
-			t.held.Add(1)
 		}
-		n, errno := rawRead(src.fd, p.buf)
+		n, errno := c.fill(f, src)
 		switch {
 		case errno == unix.EAGAIN:
 			src.readable = false
-			c.releaseBuf(p)
+			c.release(f)
 			return false, nil, nil
 		case errno != 0:
 			return false, src, errno
 		case n == 0:
-			p.eof = true
-			continue
-		}
-		p.r, p.w = 0, n
-		if n < len(p.buf) && !src.hup { // drained (edge-triggered: new bytes bring a new edge)
-			src.readable = false
+			f.eof = true
 		}
 	}
 }
 
-// flush writes p's bytes to dst until they are all written or dst's
-// buffer is full (p stalls then); it returns how many it wrote.
-func (c *tcpConn) flush(p *tcpPipe, dst *tcpSide, dir int) (int, error) {
-	t := c.t
-	if !dst.writable {
-		c.stall(p, dir)
-		return 0, nil
+// passEnd passes the end of f's source on to dst, all its bytes written:
+// a shutdown of dst's writing side, or nothing if the other direction has
+// ended too (closing both sockets passes it on), or not yet if dst is
+// still connecting (a shutdown would abort the connect).
+func (c *tcpConn) passEnd(f *tcpFlow, dst *tcpSide, dir int) error {
+	c.release(f)
+	if f.shut || c.connecting && dst == &c.up {
+		return nil
 	}
-	n, errno := rawWrite(dst.fd, p.buf[p.r:p.w])
-	switch {
-	case errno == unix.EAGAIN:
-		dst.writable = false
-		c.stall(p, dir)
-		return 0, nil
-	case errno != 0:
-		return 0, errno
+	f.shut = true
+	if c.flows[1-dir].shut {
+		return nil
 	}
-	if c.connecting && dst == &c.up { // (a write succeeds once it is made)
-		c.connecting = false
-	}
-	p.r += n
-	t.bytes.count(dir, n)
-	c.last = t.l.now
-	switch {
-	case p.r < p.w: // the socket's buffer is full
-		dst.writable = false
-		c.stall(p, dir)
-	case p.stalled:
-		p.stalled = false
-		t.stalled[dir].Add(-1)
-	}
-	return n, nil
+	return unix.Shutdown(dst.fd, unix.SHUT_WR)
 }
 
-// stall notes that p holds bytes its destination does not take.
-func (c *tcpConn) stall(p *tcpPipe, dir int) {
-	if !p.stalled {
-		p.stalled = true
+// stall notes that f holds bytes its destination does not take.
+func (c *tcpConn) stall(f *tcpFlow, dir int) {
+	if !f.stalled {
+		f.stalled = true
 		c.t.stalled[dir].Add(1)
 	}
 }
 
-func (c *tcpConn) releaseBuf(p *tcpPipe) {
-	if p.buf != nil {
-		c.t.l.putBuf(p.buf)
-		c.t.held.Add(-1)
-		p.buf, p.r, p.w = nil, 0, 0
+func (c *tcpConn) unstall(f *tcpFlow, dir int) {
+	if f.stalled {
+		f.stalled = false
+		c.t.stalled[dir].Add(-1)
 	}
 }
 
@@ -442,13 +283,9 @@ func (c *tcpConn) close() {
 		unix.Close(s.fd)
 		s.fd = -1
 	}
-	for dir := range c.pipes {
-		p := &c.pipes[dir]
-		if p.stalled {
-			p.stalled = false
-			t.stalled[dir].Add(-1)
-		}
-		c.releaseBuf(p)
+	for dir := range c.flows {
+		c.unstall(&c.flows[dir], dir)
+		c.release(&c.flows[dir])
 	}
 	delete(t.conns, c)
 	t.l.s.loopConnClosed()
@@ -481,17 +318,16 @@ func (t *tcpLoop) sweep() {
 			c.close()
 		}
 	}
+	t.trimPipes()
 }
 
-// closeAll closes every connection.
+// closeAll closes every connection, and the idle pipes.
 func (t *tcpLoop) closeAll() {
 	for c := range t.conns {
 		c.close()
 	}
-}
-
-// rawWrite is write(2) on a non-blocking socket (see rawRead).
-func rawWrite(fd int, b []byte) (int, syscall.Errno) {
-	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	return int(r), e
+	for _, p := range t.pipes {
+		closePipe(p)
+	}
+	t.pipes, t.pipesLow = nil, 0
 }
