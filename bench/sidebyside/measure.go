@@ -43,7 +43,7 @@ func measureSetup(ctx context.Context, e *benchEnv, o *options, s setup, n int) 
 	modes, conns := []mode{keepAlive, closeMode}, []int{o.conns}
 	if s.isProxy() {
 		p, listeners, err = e.startProxy(s, n)
-		modes, conns = o.proxyModes(), o.proxyConns
+		modes, conns = s.proxyModes(o), o.proxyConns
 	} else {
 		p, err = e.start(s, n)
 	}

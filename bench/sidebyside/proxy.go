@@ -4,7 +4,9 @@ package main
 // harness (this binary re-executed with -serve-upstream), behind sidecar
 // --upstream (rr and shared), nginx and HAProxy, and loaded directly, with
 // wrk: keep-alive GETs, (-proxy-upload) keep-alive POSTs with a 4 KiB
-// chunked body, and (-proxy-close) GETs with "Connection: close".
+// chunked body, and (-proxy-close) GETs with "Connection: close". The L4
+// rows put sidecar --upstream tcp:// (rr and shared) and HAProxy's mode
+// tcp in front of the same upstream, in keep-alive and close mode.
 
 import (
 	"context"
@@ -25,8 +27,12 @@ import (
 // serveUpstreamArg, as the first argument, makes this binary the upstream.
 const serveUpstreamArg = "-serve-upstream"
 
-// proxyBaseline is the proxy setup every proxy ratio is relative to.
-const proxyBaseline = "proxy-nginx"
+// proxyBaseline is the proxy setup every HTTP proxy ratio is relative
+// to, proxyBaselineL4 the one of the L4 rows.
+const (
+	proxyBaseline   = "proxy-nginx"
+	proxyBaselineL4 = "proxy-haproxy-tcp"
+)
 
 var proxySetups = []setup{
 	{name: "proxy-sidecar", label: "(a) sidecar --upstream", master: proxySidecar},
@@ -34,6 +40,9 @@ var proxySetups = []setup{
 	{name: "proxy-haproxy", label: "(c) HAProxy", master: proxyHAProxy},
 	{name: "proxy-direct", label: "(d) direct to the upstream", master: proxyDirect},
 	{name: "proxy-sidecar-shared", label: "(e) sidecar --upstream --schedule shared", master: proxySidecar, args: []string{"--schedule", "shared"}},
+	{name: "proxy-sidecar-tcp", label: "(f) sidecar --upstream tcp://", master: proxySidecar, l4: true},
+	{name: "proxy-haproxy-tcp", label: "(g) HAProxy mode tcp", master: proxyHAProxy, l4: true},
+	{name: "proxy-sidecar-tcp-shared", label: "(h) sidecar --upstream tcp:// --schedule shared", master: proxySidecar, l4: true, args: []string{"--schedule", "shared"}},
 }
 
 // proxyVariants are sidecar's slower proxy path, run only when -only names
@@ -43,6 +52,17 @@ var proxyVariants = []setup{
 }
 
 func (s setup) isProxy() bool { return s.master >= proxySidecar }
+
+// proxyModes are the modes a proxy setup is measured in: o.proxyModes(),
+// but an L4 pass-through is not measured in upload mode (to it a request
+// with a body is bytes like any other).
+func (s setup) proxyModes(o *options) []mode {
+	modes := o.proxyModes()
+	if s.l4 {
+		modes = slices.DeleteFunc(slices.Clone(modes), func(m mode) bool { return m == uploadMode })
+	}
+	return modes
+}
 
 // hasMaster: the setup runs a master process apart from the processes
 // that serve (Node's primary, sidecar's master, nginx's master), whose
@@ -166,7 +186,7 @@ func (e *benchEnv) startProxy(s setup, n int) (*proc, int, error) {
 		argv = []string{e.nginx, "-p", dir + "/", "-c", conf, "-g", "daemon off;"}
 	case proxyHAProxy:
 		conf := filepath.Join(dir, "haproxy.cfg")
-		if err := os.WriteFile(conf, []byte(haproxyConf(n, port, upstream)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(haproxyConf(n, port, upstream, s.l4)), 0o644); err != nil {
 			return nil, 0, err
 		}
 		argv = []string{e.haproxy, "-db", "-f", conf}
@@ -181,8 +201,12 @@ func (e *benchEnv) startProxy(s setup, n int) (*proc, int, error) {
 // upstream: the setup's flags (--schedule shared, --proxy-fast=false),
 // then -sidecar-args, which come last so they win.
 func (e *benchEnv) proxySidecarArgv(s setup, n int) []string {
+	scheme := "http"
+	if s.l4 {
+		scheme = "tcp"
+	}
 	argv := []string{e.sidecar, "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n),
-		"--upstream", fmt.Sprintf("http://127.0.0.1:%d", e.upstreamPort)}
+		"--upstream", fmt.Sprintf("%s://127.0.0.1:%d", scheme, e.upstreamPort)}
 	if e.admin {
 		argv = append(argv, "--admin-addr", "127.0.0.1:0")
 	}
@@ -232,26 +256,37 @@ http {
 }
 
 // haproxyConf is HAProxy with n threads, HTTP mode, server connections
-// reused across client connections.
-func haproxyConf(n, port int, upstream string) string {
+// reused across client connections; with l4, mode tcp (a server
+// connection per client connection, bytes passed through, no splicing:
+// HAProxy's defaults).
+func haproxyConf(n, port int, upstream string, l4 bool) string {
+	mode := "mode http\n    http-reuse always"
+	if l4 {
+		mode = "mode tcp"
+	}
 	return fmt.Sprintf(`global
     nbthread %d
     maxconn 4096
 defaults
-    mode http
+    %s
     timeout connect 5s
     timeout client 30s
     timeout server 30s
-    http-reuse always
 frontend fe
     bind 127.0.0.1:%d
     default_backend be
 backend be
     server up %s
-`, n, port, upstream)
+`, n, mode, port, upstream)
 }
 
 const proxyHead = `| setup | workers | mode | wrk -c | req/s | new conns/s | p50 | p99 | req/s ÷ nginx | p99 ÷ nginx | CPU µs/req | master µs/conn | errors | other CPU |
+|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|
+`
+
+// proxyHeadL4 heads the L4 rows' table: their ratios are to HAProxy's
+// mode tcp.
+const proxyHeadL4 = `| setup | workers | mode | wrk -c | req/s | new conns/s | p50 | p99 | req/s ÷ HAProxy tcp | p99 ÷ HAProxy tcp | CPU µs/req | master µs/conn | errors | other CPU |
 |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|
 `
 
@@ -269,36 +304,30 @@ func proxyModeRank(r result) int {
 	return 0
 }
 
-// proxyMarkdown is the proxy scenario's report: the keep-alive rows, then
-// the upload rows, then the close rows, each in the order measured, then
-// the failed setups.
+// proxyMarkdown is the proxy scenario's report: a table of the HTTP
+// proxies, then one of the L4 pass-throughs (the direct rows in both),
+// each with the keep-alive rows, then the upload rows, then the close
+// rows, each in the order measured, then the failed setups.
 func proxyMarkdown(machine string, rs []result) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Proxy: the same Go hello upstream behind sidecar, nginx and HAProxy\n\n")
 	fmt.Fprintf(&b, "Machine: %s.\n\n", machine)
-	b.WriteString(proxyHead)
 	rs = slices.Clone(rs)
 	slices.SortStableFunc(rs, func(a, b result) int { return proxyModeRank(a) - proxyModeRank(b) })
-	for i := range rs {
-		r := &rs[i]
-		if r.err != nil {
-			fmt.Fprintf(&b, "| %s | %d | — | — | FAILED (see notes) |  |  |  |  |  |  |  |  |  |\n", r.setup.label, r.workers)
-			continue
+	direct := func(s setup) bool { return s.master == proxyDirect }
+	hasHTTP := slices.ContainsFunc(rs, func(r result) bool { return !r.setup.l4 && !direct(r.setup) })
+	hasL4 := slices.ContainsFunc(rs, func(r result) bool { return r.setup.l4 })
+	if hasHTTP || !hasL4 {
+		b.WriteString(proxyHead)
+		proxyRows(&b, rs, func(s setup) bool { return !s.l4 }, proxyBaseline)
+	}
+	if hasL4 {
+		if hasHTTP {
+			b.WriteString("\n")
 		}
-		reqRatio, p99Ratio := "—", "—"
-		if base := findProxyBaseline(rs, r); base != nil {
-			reqRatio = fmtFloat(r.run.reqPerSec()/base.run.reqPerSec(), 2) + "×"
-			if base.run.p99 > 0 {
-				p99Ratio = fmtFloat(float64(r.run.p99)/float64(base.run.p99), 2) + "×"
-			}
-		}
-		conns := fmtCount(r.conns)
-		if r.mode != closeMode {
-			conns = "≈" + conns // each connection opened once
-		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f |\n",
-			r.setup.label, r.workers, r.mode, r.wrkConns, fmtCount(r.run.reqPerSec()), conns, fmtLatency(r.run.p50),
-			fmtLatency(r.run.p99), reqRatio, p99Ratio, fmtFloat(r.groupUs, 1), fmtFloat(r.cpuUs, 1), r.run.errors, r.other)
+		b.WriteString("L4 pass-through (`--upstream tcp://`, HAProxy `mode tcp`):\n\n")
+		b.WriteString(proxyHeadL4)
+		proxyRows(&b, rs, func(s setup) bool { return s.l4 || direct(s) }, proxyBaselineL4)
 	}
 	b.WriteString(proxyLegend)
 	if ns := notes(rs); len(ns) > 0 {
@@ -308,6 +337,34 @@ func proxyMarkdown(machine string, rs []result) string {
 		}
 	}
 	return b.String()
+}
+
+// proxyRows writes the rows of the setups in, with ratios to baseline's.
+func proxyRows(b *strings.Builder, rs []result, in func(setup) bool, baseline string) {
+	for i := range rs {
+		r := &rs[i]
+		if !in(r.setup) {
+			continue
+		}
+		if r.err != nil {
+			fmt.Fprintf(b, "| %s | %d | — | — | FAILED (see notes) |  |  |  |  |  |  |  |  |  |\n", r.setup.label, r.workers)
+			continue
+		}
+		reqRatio, p99Ratio := "—", "—"
+		if base := findProxyBaseline(rs, r, baseline); base != nil {
+			reqRatio = fmtFloat(r.run.reqPerSec()/base.run.reqPerSec(), 2) + "×"
+			if base.run.p99 > 0 {
+				p99Ratio = fmtFloat(float64(r.run.p99)/float64(base.run.p99), 2) + "×"
+			}
+		}
+		conns := fmtCount(r.conns)
+		if r.mode != closeMode {
+			conns = "≈" + conns // each connection opened once
+		}
+		fmt.Fprintf(b, "| %s | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f |\n",
+			r.setup.label, r.workers, r.mode, r.wrkConns, fmtCount(r.run.reqPerSec()), conns, fmtLatency(r.run.p50),
+			fmtLatency(r.run.p99), reqRatio, p99Ratio, fmtFloat(r.groupUs, 1), fmtFloat(r.cpuUs, 1), r.run.errors, r.other)
+	}
 }
 
 const proxyLegend = `
@@ -330,14 +387,18 @@ connections per second). CPU µs/req: utime+stime of the proxy's processes
 of the master process alone ÷ requests: sidecar's master, nginx's master
 process (it accepts nothing); — for HAProxy (one process, threads: see
 CPU µs/req) and direct. other CPU: CPUs' worth of time spent outside wrk,
-the proxy and the upstream during the run.
+the proxy and the upstream during the run. L4 rows: sidecar --upstream
+tcp:// (f: rr, h: shared) and HAProxy mode tcp (g) pass the bytes
+through, a new upstream connection per client connection (so in close
+mode one per request); their ratios are to HAProxy mode tcp.
 `
 
-// findProxyBaseline is nginx's row with the same workers, mode and wrk -c.
-func findProxyBaseline(rs []result, r *result) *result {
+// findProxyBaseline is baseline's row with the same workers, mode and
+// wrk -c.
+func findProxyBaseline(rs []result, r *result, baseline string) *result {
 	for i := range rs {
 		b := &rs[i]
-		if b.setup.name == proxyBaseline && b.workers == r.workers && b.mode == r.mode && b.wrkConns == r.wrkConns &&
+		if b.setup.name == baseline && b.workers == r.workers && b.mode == r.mode && b.wrkConns == r.wrkConns &&
 			b.run != nil && b.run.requests > 0 {
 			return b
 		}

@@ -38,6 +38,7 @@ type setup struct {
 	policy string   // rr | none (Node) or rr | shared (sidecar)
 	goApp  bool     // sidecar's built-in Go hello workers instead of the Node app
 	args   []string // more sidecar flags for this setup
+	l4     bool     // proxy scenario: an L4 pass-through (sidecar --upstream tcp://, HAProxy mode tcp)
 }
 
 // baseline is the setup every ratio is relative to.

@@ -218,11 +218,97 @@ func TestProxyConfs(t *testing.T) {
 			t.Errorf("nginx.conf lacks %q:\n%s", want, n)
 		}
 	}
-	h := haproxyConf(2, 8080, "127.0.0.1:9000")
-	for _, want := range []string{"nbthread 2", "mode http", "http-reuse always", "bind 127.0.0.1:8080", "server up 127.0.0.1:9000"} {
+	h := haproxyConf(2, 8080, "127.0.0.1:9000", false)
+	for _, want := range []string{"nbthread 2", "    mode http\n", "http-reuse always", "bind 127.0.0.1:8080", "server up 127.0.0.1:9000"} {
 		if !strings.Contains(h, want) {
 			t.Errorf("haproxy.cfg lacks %q:\n%s", want, h)
 		}
+	}
+	h = haproxyConf(2, 8080, "127.0.0.1:9000", true)
+	for _, want := range []string{"nbthread 2", "    mode tcp\n", "bind 127.0.0.1:8080", "server up 127.0.0.1:9000"} {
+		if !strings.Contains(h, want) {
+			t.Errorf("mode tcp haproxy.cfg lacks %q:\n%s", want, h)
+		}
+	}
+	if strings.Contains(h, "http") {
+		t.Errorf("mode tcp haproxy.cfg says http:\n%s", h)
+	}
+}
+
+// TestProxyL4Setups: the L4 rows are sidecar --upstream tcp:// (rr and
+// shared) and HAProxy mode tcp, measured keep-alive and close (never
+// upload), with ratios to HAProxy mode tcp in a table of their own.
+func TestProxyL4Setups(t *testing.T) {
+	byName := map[string]setup{}
+	for _, s := range selectSetups("", true) {
+		byName[s.name] = s
+	}
+	e := &benchEnv{sidecar: "/s", upstreamPort: 9000}
+	for name, want := range map[string]string{
+		"proxy-sidecar-tcp":        "/s --listen 127.0.0.1:0 --workers 2 --upstream tcp://127.0.0.1:9000",
+		"proxy-sidecar-tcp-shared": "/s --listen 127.0.0.1:0 --workers 2 --upstream tcp://127.0.0.1:9000 --schedule shared",
+	} {
+		s, ok := byName[name]
+		if !ok || !s.l4 {
+			t.Fatalf("-proxy runs no L4 setup %s", name)
+		}
+		if got := strings.Join(e.proxySidecarArgv(s, 2), " "); got != want {
+			t.Errorf("%s argv\n got %s\nwant %s", name, got, want)
+		}
+	}
+	if s := byName[proxyBaselineL4]; !s.l4 || s.master != proxyHAProxy {
+		t.Errorf("the L4 baseline %s is not HAProxy mode tcp: %+v", proxyBaselineL4, s)
+	}
+	o, err := parseOptions([]string{"-proxy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var modes []string
+	for _, m := range byName["proxy-sidecar-tcp"].proxyModes(o) {
+		modes = append(modes, string(m))
+	}
+	if got := strings.Join(modes, " "); got != "keep-alive close" {
+		t.Errorf("L4 modes %s, want keep-alive close", got)
+	}
+	if n := len(byName["proxy-sidecar"].proxyModes(o)); n != 3 {
+		t.Errorf("HTTP proxy modes: %d, want 3", n)
+	}
+	if len(o.proxyModes()) != 3 {
+		t.Error("proxyModes of an L4 setup changed the options'")
+	}
+
+	run := func(reqs int, p99 time.Duration) *wrkRun {
+		return &wrkRun{requests: reqs, duration: time.Second, p99: p99}
+	}
+	nan := math.NaN()
+	rs := []result{
+		{setup: byName["proxy-sidecar"], workers: 2, mode: keepAlive, wrkConns: 50, run: run(40000, 3*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: byName["proxy-nginx"], workers: 2, mode: keepAlive, wrkConns: 50, run: run(40000, 3*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: byName["proxy-direct"], workers: 2, mode: keepAlive, wrkConns: 50, run: run(80000, 3*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: byName["proxy-sidecar-tcp"], workers: 2, mode: keepAlive, wrkConns: 50, run: run(30000, 3*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: byName["proxy-haproxy-tcp"], workers: 2, mode: keepAlive, wrkConns: 50, run: run(20000, 6*time.Millisecond), conns: 10, cpuUs: nan},
+		{setup: byName["proxy-sidecar-tcp"], workers: 2, mode: closeMode, wrkConns: 50, run: run(6000, 4*time.Millisecond), conns: 6000, cpuUs: 20, groupUs: 100},
+		{setup: byName["proxy-haproxy-tcp"], workers: 2, mode: closeMode, wrkConns: 50, run: run(8000, 4*time.Millisecond), conns: 8000, cpuUs: nan, groupUs: 80},
+	}
+	md := proxyMarkdown("box", rs)
+	http, l4, ok := strings.Cut(md, "L4 pass-through")
+	if !ok || !strings.Contains(http, proxyHead) || !strings.Contains(l4, proxyHeadL4) {
+		t.Fatalf("no L4 table after the HTTP one:\n%s", md)
+	}
+	for _, want := range []string{
+		"| (f) sidecar --upstream tcp:// | 2 | keep-alive | 50 | 30.00k | ≈10 | 0µs | 3.00ms | 1.50× | 0.50× |",
+		"| (f) sidecar --upstream tcp:// | 2 | close | 50 | 6.00k | 6.00k | 0µs | 4.00ms | 0.75× | 1.00× | 100.0 | 20.0 |",
+		"| (d) direct to the upstream | 2 | keep-alive | 50 | 80.00k | ≈10 | 0µs | 3.00ms | 4.00× | 0.50× |",
+	} {
+		if !strings.Contains(l4, want) {
+			t.Errorf("L4 table lacks %s\nin:\n%s", want, l4)
+		}
+	}
+	if strings.Contains(http, "tcp://") || !strings.Contains(http, "| (d) direct to the upstream | 2 | keep-alive | 50 | 80.00k | ≈10 | 0µs | 3.00ms | 2.00× |") {
+		t.Errorf("HTTP table:\n%s", http)
+	}
+	if md := proxyMarkdown("box", rs[3:]); strings.Contains(md, proxyHead) || !strings.Contains(md, proxyHeadL4) {
+		t.Errorf("L4 rows only: an HTTP table all the same:\n%s", md)
 	}
 }
 
