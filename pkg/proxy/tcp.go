@@ -35,10 +35,12 @@ func newTCPFrontend(cfg Config, reg prometheus.Registerer) (*tcpFrontend, error)
 		return nil, fmt.Errorf("upstream %q is not tcp://host:port", cfg.Upstream)
 	}
 	// What the loop reads of an httpProxy: the configuration, the
-	// metrics, the dialer and the error log (no ReverseProxy).
+	// metrics, the dialer (for an upstream given by name) and the error
+	// log (no ReverseProxy). No TCP keep-alive, as on the connections the
+	// loop makes itself: the idle timeout ends those of a peer that died.
 	p := &httpProxy{
 		cfg: cfg, upstream: up, metrics: newMetrics(reg), errLog: newErrorLog(time.Second),
-		dialer: &net.Dialer{Timeout: cfg.UpstreamDialTimeout, KeepAlive: 30 * time.Second},
+		dialer: &net.Dialer{Timeout: cfg.UpstreamDialTimeout, KeepAlive: -1},
 	}
 	p.metrics.tcp = newTCPMetrics(reg)
 	s, err := p.newServer()

@@ -125,7 +125,8 @@ func (t *tcpLoop) dialed(m loopMsg) {
 	t.connected(c)
 }
 
-// connected starts passing c through, its upstream connection made.
+// connected starts passing c through, its upstream connection made (or,
+// from the loop, being made).
 func (t *tcpLoop) connected(c *tcpConn) {
 	l := t.l
 	c.last = l.now
@@ -142,9 +143,5 @@ func (t *tcpLoop) connected(c *tcpConn) {
 			"dial", l.now.Sub(c.started))
 	}
 	// Registering an edge-triggered socket reports what it holds already:
-	// the client's first bytes are read when epoll says so. The upstream
-	// may have spoken first.
-	if c.up.readable {
-		c.pump()
-	}
+	// the client's first bytes are read when epoll says so.
 }

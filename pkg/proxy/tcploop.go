@@ -15,11 +15,12 @@ import (
 // upstream connection of its own, on the loop's goroutine, with raw
 // non-blocking reads and writes.
 //
-// Each direction has one buffer, the loop's 16 KiB, held only while it
-// has bytes in it: a direction reads its source only once its buffer is
-// empty, so a destination that does not drain stops the reading of its
-// source (backpressure), and a connection holds at most two buffers. A
-// source's EOF is passed on as shutdown(SHUT_WR) once the bytes before
+// Each direction (a flow) holds what it has read in one of the loop's
+// 16 KiB buffers, or, once it shows itself a bulk transfer, in a pipe
+// it splices through (tcpflow.go), only while it has bytes in it; it
+// reads its source only once it holds nothing, so a destination that
+// does not drain stops the reading of its source (backpressure), and a
+// connection holds at most two buffers or pipes. A source's EOF is passed on as shutdown(SHUT_WR) once the bytes before
 // it are written, while the other direction keeps flowing; the
 // connection is closed once both directions have ended (the second end
 // passed on by the close itself), on an error of either side, or when no
@@ -36,10 +37,11 @@ import (
 // 13 system calls more per connection (net.Dialer's socket options and
 // address look-ups, its poller's registration, the descriptor's
 // duplicate, the post to the loop), two goroutine wake-ups and a turn of
-// the loop before the client was read: a fifth of HAProxy's new
-// connections per second. An upstream given by name is dialled on a
-// goroutine (net.Dialer resolves it, each time, as before); its client
-// is read once it is connected.
+// the loop before the client was read: measured under --schedule shared
+// with wrk's Connection: close, 113 µs of the worker's CPU per
+// connection, against 81-99 µs now and HAProxy's 79-86. An upstream
+// given by name is dialled on a goroutine (net.Dialer resolves it, each
+// time, as before); its client is read once it is connected.
 
 // tcpTurnBytes bounds what one direction moves in one turn of the loop: a
 // bulk transfer whose source never runs dry must not starve the loop's
@@ -101,7 +103,7 @@ type tcpSide struct {
 // tcpFlow is one direction: the bytes read from its source and not yet
 // written to its destination, in one of the loop's buffers (buf[r:w]) or,
 // once the flow has shown itself a bulk transfer, in a kernel pipe
-// (tcpsplice.go).
+// (tcpflow.go).
 type tcpFlow struct {
 	buf     []byte
 	r, w    int
