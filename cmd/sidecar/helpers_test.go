@@ -131,6 +131,13 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *master {
 		t.Fatal(err)
 	}
 	cmd.Stdout = os.Stdout
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	// What the master writes to its temporary directory (the Node drain
+	// preload) goes with the test, even when the master is killed; a
+	// TMPDIR in the test's own environment or the caller's wins.
+	cmd.Env = append([]string{"TMPDIR=" + t.TempDir()}, cmd.Env...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -271,7 +271,11 @@ func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {
 			}
 		}
 	}
-	env = nodeDrainEnv(cfg, env)
+	env, preload := nodeDrainEnv(cfg, env)
+	var beforeStart func()
+	if preload {
+		beforeStart = ensureNodeDrain
+	}
 	command := cfg.command
 	var slotPort *workers.SlotPort // Node's inspector, a port per slot
 	if len(command) == 0 {
@@ -282,7 +286,7 @@ func workerConfig(cfg *config, acc *acceptor.Acceptor) workers.Config {
 		command, slotPort = inspectorPorts(command, env, cfg.inspectPort)
 	}
 	return workers.Config{
-		Workers: cfg.workers, Command: command, Env: env, SlotPort: slotPort,
+		Workers: cfg.workers, Command: command, Env: env, SlotPort: slotPort, BeforeStart: beforeStart,
 		StartTimeout: cfg.startTimeout, HandoffTimeout: cfg.handoff, DisconnectTimeout: cfg.drainTimeout, KillTimeout: cfg.killTimeout,
 	}
 }
@@ -298,5 +302,5 @@ func commandText(c []string) string {
 // workerSpec is what cfg's workers run (see workerConfig).
 func workerSpec(cfg *config, acc *acceptor.Acceptor) *workers.Spec {
 	wc := workerConfig(cfg, acc)
-	return &workers.Spec{Command: wc.Command, Env: wc.Env, SlotPort: wc.SlotPort}
+	return &workers.Spec{Command: wc.Command, Env: wc.Env, SlotPort: wc.SlotPort, BeforeStart: wc.BeforeStart}
 }

@@ -33,7 +33,12 @@ const (
 	ActMetricsSupported = "sidecar.metrics"   // worker → master: ask me at scrape time
 	ActGatherMetrics    = "sidecar.gather"    // master → worker: reply {ack, metrics: "<text format>"}
 	ActDrainSupported   = "sidecar.drainable" // worker → master: tell me when draining begins
-	ActDrain            = "sidecar.drain"     // master → worker: draining began; close each connection after its response
+	// ActDrainFirst is ActDrainSupported from a worker whose disconnect
+	// closes its idle keep-alive connections at once (a Node worker, with
+	// sidecar's drain preload): a roll tells it to drain, and disconnects
+	// it a grace period later.
+	ActDrainFirst = "sidecar.drainfirst"
+	ActDrain      = "sidecar.drain" // master → worker: draining began; close each connection after its response
 
 	// The batched handoff. A worker that announces ActBatchSupported with a
 	// window W gets its connections as ActConns batches: one line naming n

@@ -20,7 +20,7 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 	}
 	if m.IsUser() {
 		if isDrainableNotice(m.Raw) { // a Node app's opt-in (see tellDraining)
-			w.drainable, w.userDrain = true, true
+			w.drainable, w.userDrain, w.drainFirst = true, true, true
 			s.tellDraining(w)
 			return
 		}
@@ -50,8 +50,8 @@ func (s *Supervisor) onMessage(w *Worker, m *ipc.Message) {
 			w.window.Store(int32(min(m.Window, ipc.MaxBatch)))
 			w.logger.V(2).Info("Worker takes connections in batches", "window", w.Window())
 		}
-	case ipc.ActDrainSupported:
-		w.drainable = true
+	case ipc.ActDrainSupported, ipc.ActDrainFirst:
+		w.drainable, w.drainFirst = true, m.Act == ipc.ActDrainFirst
 		s.tellDraining(w)
 	case ipc.ActClose:
 		s.disp.CloseKey(w, m.Key)

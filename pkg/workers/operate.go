@@ -116,8 +116,8 @@ func (s *Supervisor) rollSwap(w *Worker) {
 }
 
 // retireGrace is how long a retiring Node worker that asked to hear of
-// drains (its user-message opt-in) goes on serving its keep-alive
-// clients, each response closing its connection, before it is
+// drains (the drain preload, or the app's own opt-in) goes on serving its
+// keep-alive clients, each response closing its connection, before it is
 // disconnected: Node's disconnect closes idle keep-alive connections at
 // once, under a request a client may be sending. It is the SDK's own
 // cluster.DrainGrace.
@@ -125,20 +125,18 @@ const retireGrace = time.Second
 
 // retire takes a worker out of the pool on purpose (a rolled slot's old
 // worker, a removed slot's): it is disconnected, and exits voluntarily. A
-// Node worker that opted in to drains gets no new connections, is told to
-// drain and is disconnected retireGrace later; the others drain by
-// themselves once disconnected (the SDK's, with cluster.DrainGrace).
+// Node worker that asked to hear of drains (the drain preload, or the
+// app's own opt-in) gets no new connections, is told to drain and is
+// disconnected retireGrace later; the others drain by themselves once
+// disconnected (the SDK's, with cluster.DrainGrace).
 func (s *Supervisor) retire(w *Worker) {
-	if !w.drainable || !w.userDrain || w.drained || w.state >= Disconnecting {
+	if !w.drainable || !w.drainFirst || w.drained || w.state >= Disconnecting {
 		s.disconnect(w, s.cfg.DisconnectTimeout, 0)
 		return
 	}
 	w.voluntary = true
 	s.disp.Remove(w)
-	w.drained = true
-	if err := w.ch.SendUser(map[string]string{"sidecar": "drain"}); err != nil {
-		w.logger.V(2).Info("Cannot tell the worker to drain", "err", err)
-	}
+	s.sendDrain(w)
 	w.logger.Info("Draining the worker before disconnecting it", "grace", retireGrace)
 	w.after(retireGrace, func() {
 		s.post(timerEvent{w, func(w *Worker) { s.disconnect(w, s.cfg.DisconnectTimeout, 0) }})

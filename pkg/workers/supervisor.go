@@ -39,7 +39,10 @@ type Config struct {
 	Env []string
 	// SlotPort, if set, gives each slot's workers a port of their own in
 	// Command (see SlotPort).
-	SlotPort       *SlotPort
+	SlotPort *SlotPort
+	// BeforeStart, if set, runs before each worker starts (it makes sure
+	// of what the command needs, such as sidecar's drain preload file).
+	BeforeStart    func()
 	Stdout, Stderr *os.File
 
 	StartTimeout time.Duration // not listening by then: killed, a crash
@@ -124,6 +127,8 @@ type Spec struct {
 	// SlotPort, if set, gives each slot's workers a port of their own in
 	// Command (see SlotPort).
 	SlotPort *SlotPort
+	// BeforeStart, if set, runs before each worker starts (see Config).
+	BeforeStart func()
 }
 
 // slot is one place in the pool.
@@ -181,7 +186,7 @@ func New(cfg Config, disp Dispatcher) (*Supervisor, error) {
 		byPid:      make(map[int]*Worker),
 		serverData: make(map[string]json.RawMessage),
 	}
-	s.spec = &Spec{Command: cfg.Command, Env: cfg.Env, SlotPort: cfg.SlotPort}
+	s.spec = &Spec{Command: cfg.Command, Env: cfg.Env, SlotPort: cfg.SlotPort, BeforeStart: cfg.BeforeStart}
 	for range cfg.Workers {
 		s.slots = append(s.slots, &slot{spec: s.spec})
 	}
@@ -384,12 +389,19 @@ func (s *Supervisor) handle(ev any) {
 }
 
 // tellDraining tells w once that the master is draining, if it asked:
-// ipc.ActDrain to SDK workers; to a Node app that sent the user message
-// {"sidecar":"drainable"}, the user message {"sidecar":"drain"}.
+// ipc.ActDrain to SDK workers and Node workers with the drain preload; to
+// a Node app that sent the user message {"sidecar":"drainable"}, the user
+// message {"sidecar":"drain"}.
 func (s *Supervisor) tellDraining(w *Worker) {
 	if !s.draining || !w.drainable || w.drained || w.state >= Disconnecting {
 		return
 	}
+	s.sendDrain(w)
+}
+
+// sendDrain tells w to drain, as it asked: ipc.ActDrain, or the user
+// message {"sidecar":"drain"} to a Node app that opted in itself.
+func (s *Supervisor) sendDrain(w *Worker) {
 	w.drained = true
 	var err error
 	if w.userDrain {
@@ -398,7 +410,7 @@ func (s *Supervisor) tellDraining(w *Worker) {
 		err = w.ch.SendCluster([]byte(`{"act":"`+ipc.ActDrain+`"}`), -1, nil)
 	}
 	if err != nil {
-		w.logger.V(2).Info("Cannot tell the worker the master is draining", "err", err)
+		w.logger.V(2).Info("Cannot tell the worker to drain", "err", err)
 	}
 }
 
@@ -499,6 +511,9 @@ func (s *Supervisor) start(id, i int, spec *Spec, logger klog.Logger) (*Worker, 
 		return nil, err
 	}
 	defer child.Close()
+	if spec.BeforeStart != nil {
+		spec.BeforeStart()
+	}
 	argv := spec.SlotPort.command(spec.Command, i)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append([]string(nil), spec.Env...),

@@ -66,8 +66,9 @@ type Worker struct {
 	metrics bool
 	// drainable: the worker announced it wants to hear when draining
 	// begins (userDrain: as a user message, a Node app's opt-in); drained:
-	// it has been told.
-	drainable, userDrain, drained bool
+	// it has been told; drainFirst: a roll tells it before its disconnect
+	// (a Node worker: its disconnect closes idle keep-alive connections).
+	drainable, userDrain, drained, drainFirst bool
 	// candidate: a rolling restart's new worker, not its slot's worker
 	// until it listens.
 	candidate bool
