@@ -258,6 +258,13 @@ type respawnLog struct {
 type respawnRecord struct {
 	mu       sync.Mutex
 	respawns []respawn
+	kept     []int // slots whose worker exited and was not replaced while draining
+}
+
+func (r *respawnRecord) keptSlots() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.kept)
 }
 
 func (r *respawnRecord) snapshot() []respawn {
@@ -281,6 +288,16 @@ func (l *respawnLog) Init(logr.RuntimeInfo) {}
 func (l *respawnLog) Enabled(level int) bool { return level == 0 || l.next.Enabled(level) }
 
 func (l *respawnLog) Info(level int, msg string, kv ...any) {
+	if strings.HasPrefix(msg, "Not respawning: the master is draining") {
+		for i := 0; i+1 < len(l.kv); i += 2 {
+			if l.kv[i] == "slot" {
+				slot, _ := l.kv[i+1].(int)
+				l.rec.mu.Lock()
+				l.rec.kept = append(l.rec.kept, slot)
+				l.rec.mu.Unlock()
+			}
+		}
+	}
 	if msg == "Respawning worker" {
 		all := append(slices.Clone(l.kv), kv...)
 		r := respawn{slot: -1, failures: -1, delay: -1}

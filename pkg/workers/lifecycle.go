@@ -289,8 +289,8 @@ func (s *Supervisor) onExit(ex Exit) {
 	sl.worker = nil
 	switch {
 	case s.shutdown:
-	case s.noRespawn:
-		w.logger.Info("Not respawning: the master is draining")
+	case s.draining && interrupted(ex.Status):
+		w.logger.Info("Not respawning: the master is draining and the worker was interrupted")
 	case reason == ReasonVoluntary:
 		sl.left = true
 		w.logger.Info("Not respawning: the worker left on purpose")
@@ -356,6 +356,21 @@ func exitReason(w *Worker, ws syscall.WaitStatus) string {
 		return ReasonSignal
 	}
 	return ReasonCrash
+}
+
+// interrupted reports whether a worker exited from a signal that asks a
+// process to stop (SIGINT, SIGTERM, SIGHUP, SIGQUIT), or with the status
+// a shell gives a child killed by one (128+n).
+func interrupted(ws syscall.WaitStatus) bool {
+	sig := ws.Signal()
+	if !ws.Signaled() {
+		sig = syscall.Signal(ws.ExitStatus() - 128)
+	}
+	switch sig {
+	case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT:
+		return true
+	}
+	return false
 }
 
 func describe(ws syscall.WaitStatus) string {

@@ -52,7 +52,7 @@ type roll struct {
 
 // startRoll starts a rolling restart to spec (or the current one).
 func (s *Supervisor) startRoll(spec *Spec, why string) {
-	if s.shutdown || s.noRespawn {
+	if s.shutdown || s.draining {
 		s.logger.Info("Not rolling the workers: the master is draining", "why", why)
 		return
 	}
@@ -200,7 +200,7 @@ func (s *Supervisor) scale(n int) {
 	s.logger.Info("Scaling the pool", "from", cur, "to", n)
 	for i := cur; i < n; i++ {
 		s.slots = append(s.slots, &slot{spec: s.spec})
-		if !s.noRespawn {
+		if !s.draining {
 			s.spawn(i)
 		}
 	}

@@ -161,7 +161,6 @@ type Supervisor struct {
 	nextID     int
 	serverData map[string]json.RawMessage // first data per server key (Node)
 	shutdown   bool
-	noRespawn  bool // draining: exits are not replaced
 	draining   bool // BeginDrain was called: drainable workers are told
 	startErrAt time.Time
 	startErrs  int // "Cannot start worker" lines left out since startErrAt
@@ -221,11 +220,14 @@ func (s *Supervisor) post(ev any) {
 	}
 }
 
-// BeginDrain tells the supervisor the master is draining: workers that
-// exit from now on are not replaced (a signal sent to the whole process
-// group, such as Ctrl-C, must not make it respawn while it drains), and
-// the workers that asked to hear it (ipc.ActDrainSupported) are told, so
-// that each of their connections closes after its next response.
+// BeginDrain tells the supervisor the master is draining: the workers
+// that asked to hear it (ipc.ActDrainSupported) are told, so that each of
+// their connections closes after its next response; no roll or new slot
+// starts; and a worker that exits interrupted (SIGINT, SIGTERM, SIGHUP,
+// SIGQUIT, or a shell's 128+ that) is not replaced: a signal sent to the
+// whole process group, such as Ctrl-C, must not make it respawn while it
+// drains. A worker that crashes otherwise is still replaced until
+// Shutdown: the pool serves through --shutdown-delay.
 func (s *Supervisor) BeginDrain() { s.post(drainEvent{}) }
 
 // Shutdown asks Run to disconnect every worker, respawn none, SIGKILL what
@@ -357,7 +359,7 @@ func (s *Supervisor) handle(ev any) {
 		}
 		sl := s.slots[ev.slot]
 		sl.respawnTimer = nil
-		if !s.shutdown && !s.noRespawn && sl.worker == nil {
+		if !s.shutdown && sl.worker == nil {
 			s.cfg.Observer.Restarted(ev.slot)
 			s.spawn(ev.slot)
 		}
@@ -373,13 +375,7 @@ func (s *Supervisor) handle(ev any) {
 		s.resetHungCheck()
 	case drainEvent:
 		s.abortRoll("the master is draining")
-		s.noRespawn, s.draining = true, true
-		for _, sl := range s.slots {
-			if sl.respawnTimer != nil {
-				sl.respawnTimer.Stop()
-				sl.respawnTimer = nil
-			}
-		}
+		s.draining = true
 		for _, w := range s.byPid {
 			s.tellDraining(w)
 		}

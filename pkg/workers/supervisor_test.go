@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // A worker that keeps crashing is respawned after a delay that doubles from
@@ -302,6 +304,37 @@ func TestKilledWorkerIsReplaced(t *testing.T) {
 	conns := p.conns.awaitAllTaken(t, 20*time.Second)
 	t.Logf("%d requests, %d failed; %d connections, %d given again after the worker died",
 		len(as)+len(errs), len(errs), conns, p.conns.workerDied.Load())
+}
+
+// While the master drains (through --shutdown-delay) the pool still
+// serves: a worker that crashes is replaced; one interrupted (Ctrl-C's
+// SIGINT reaches the whole process group) is not.
+func TestDrainReplacesCrashesNotInterruptions(t *testing.T) {
+	p := startPool(t, "serve", Config{Workers: 2})
+	old := p.awaitListening(20*time.Second, 0, 1)
+	p.sup.BeginDrain()
+	p.sup.Workers() // after the drain event: the supervisor's events are in order
+	if err := syscall.Kill(old[0].Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(old[1].Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	p.await(20*time.Second, "slot 0 replaced, slot 1 exited", func(evs []event, ws []Info) bool {
+		replaced := slices.ContainsFunc(ws, func(w Info) bool { return w.Slot == 0 && w.State == Listening && w.ID != old[0].ID })
+		return replaced && len(pick(evs, kindExited, 1)) > 0
+	})
+	testkit.WaitFor(t, "the supervisor's decision for slot 1", 20*time.Second, func() bool {
+		return slices.Contains(p.respawns.keptSlots(), 1)
+	})
+	for _, r := range p.respawns.snapshot() {
+		if r.slot == 1 {
+			t.Errorf("slot 1 (interrupted while draining) was respawned: %+v", r)
+		}
+	}
+	if kept := p.respawns.keptSlots(); slices.Contains(kept, 0) {
+		t.Errorf("slot 0 (killed while draining) was not respawned: kept %v", kept)
+	}
 }
 
 // Shutdown disconnects every worker; they leave on purpose and Run returns
