@@ -124,7 +124,7 @@ func (c *tcpConn) flush(f *tcpFlow, dst *tcpSide, dir int) (int, error) {
 			return written, errno
 		}
 		if c.connecting && dst == &c.up { // (a write succeeds once it is made)
-			c.connecting = false
+			c.made()
 		}
 		written += n
 		t.bytes.count(dir, n)

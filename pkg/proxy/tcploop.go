@@ -163,10 +163,17 @@ func (t *tcpLoop) add(fd int) {
 func (s *tcpSide) event(ev uint32) {
 	c := s.c
 	if c.connecting && s == &c.up && ev&unix.EPOLLOUT != 0 && ev&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
-		c.connecting = false
+		c.made()
 	}
 	s.note(ev)
 	c.pump()
+}
+
+// made notes that the upstream connection the loop was connecting is
+// made: the idle timeout runs from now.
+func (c *tcpConn) made() {
+	c.connecting = false
+	c.last = c.t.l.now
 }
 
 // pump moves both directions until each must wait, and closes the
