@@ -15,6 +15,7 @@ package main
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -56,6 +57,7 @@ var nodeValueOptions = map[string]bool{
 	"--heap-prof-dir": true, "--heap-prof-name": true, "--watch-path": true, "--experimental-policy": true,
 	"--policy-integrity": true, "--secure-heap": true, "--secure-heap-min": true, "--stack-trace-limit": true,
 	"--trace-event-categories": true, "--trace-event-file-pattern": true, "--use-largepages": true,
+	"--run": true, "--watch-kill-signal": true,
 }
 
 // nodeOption is one of node's own options on a command line.
@@ -63,6 +65,7 @@ type nodeOption struct {
 	name     string // "--inspect-port", underscores read as dashes, as node reads them
 	value    string
 	hasValue bool
+	first    int // the index of its argument
 	last     int // the index of its last argument (its value's, if separate)
 }
 
@@ -83,7 +86,7 @@ func nodeArgs(args []string) (opts []nodeOption, script int) {
 		if strings.HasPrefix(name, "--") {
 			name = "--" + strings.ReplaceAll(name[2:], "_", "-")
 		}
-		o := nodeOption{name: name, value: value, hasValue: hasValue, last: i}
+		o := nodeOption{name: name, value: value, hasValue: hasValue, first: i, last: i}
 		if !hasValue && nodeValueOptions[name] && i+1 < len(args) {
 			i++
 			o.value, o.hasValue, o.last = args[i], true, i
@@ -101,6 +104,19 @@ type nodeInspect struct {
 	host    string // the host they name, "" if none
 	port    int    // the port they name, -1 if none
 	last    int    // the index of the last argument of the last inspector option, -1 if none
+	bad     string // the first inspector option whose port node refuses ("--inspect=99999"), "" if none
+}
+
+// Node takes an inspector port of 0 (a random one) or minInspectPort to
+// maxInspectPort, and its primary wraps its workers' ports past
+// maxInspectPort to minInspectPort on (lib/internal/cluster/primary.js).
+const (
+	minInspectPort = 1024
+	maxInspectPort = 65535
+)
+
+func validInspectPort(port int) bool {
+	return port == 0 || minInspectPort <= port && port <= maxInspectPort
 }
 
 func readInspect(opts []nodeOption) nodeInspect {
@@ -123,30 +139,47 @@ func readInspect(opts []nodeOption) nodeInspect {
 			if port >= 0 {
 				in.port = port
 			}
+			if port >= 0 && !validInspectPort(port) && in.bad == "" {
+				in.bad = o.name + "=" + o.value
+			}
 		}
 	}
 	return in
 }
 
 // parseHostPort reads node's [host:]port: "9229", "0.0.0.0:9229",
-// "[::1]:9229", or a host alone. port is -1 if none is given.
+// "[::1]:9229", or a host alone. port is -1 if none is given; a port too
+// large for an int is math.MaxInt32 (out of range all the same).
 func parseHostPort(v string) (host string, port int) {
-	if n, err := strconv.Atoi(v); err == nil {
+	if n, ok := portNumber(v); ok {
 		return "", n
 	}
 	if rest, ok := strings.CutPrefix(v, "["); ok {
 		h, p, _ := strings.Cut(rest, "]")
-		if n, err := strconv.Atoi(strings.TrimPrefix(p, ":")); err == nil {
+		if n, ok := portNumber(strings.TrimPrefix(p, ":")); ok {
 			return h, n
 		}
 		return h, -1
 	}
 	if i := strings.LastIndexByte(v, ':'); i >= 0 {
-		if n, err := strconv.Atoi(v[i+1:]); err == nil {
+		if n, ok := portNumber(v[i+1:]); ok {
 			return v[:i], n
 		}
 	}
 	return v, -1
+}
+
+// portNumber reads a port as node does: decimal digits only (a sign
+// makes it a host name).
+func portNumber(s string) (int, bool) {
+	if s == "" || strings.Trim(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 32)
+	if err != nil {
+		return math.MaxInt32, true
+	}
+	return int(n), true
 }
 
 // splitNodeOptions splits NODE_OPTIONS as node does: at spaces, with
@@ -229,6 +262,9 @@ func inspectorPorts(command, env []string, base int) ([]string, *workers.SlotPor
 			return command, nil
 		}
 	}
+	if base < minInspectPort-1 || base > maxInspectPort { // refused by checkInspectPort
+		return command, nil
+	}
 	host := cmp.Or(argv.host, fromEnv.host, "127.0.0.1")
 	sp := &workers.SlotPort{Arg: argv.last + 2, Prefix: "--inspect-port=", First: base + 1, Host: host, Name: "inspector"}
 	if argv.last < 0 {
@@ -242,20 +278,31 @@ func inspectorPorts(command, env []string, base int) ([]string, *workers.SlotPor
 	return slices.Insert(slices.Clone(command), sp.Arg, sp.Prefix+strconv.Itoa(sp.Port(0))), sp
 }
 
-// checkInspectPort refuses --inspect-port out of range, or given for a
-// worker command that does not use Node's inspector (nodeOptions is the
-// workers' NODE_OPTIONS).
+// checkInspectPort refuses an inspector port node would refuse in a node
+// worker command or the workers' NODE_OPTIONS (nodeOptions), and
+// --inspect-port out of range or given for a worker command that does
+// not use Node's inspector.
 func (c *config) checkInspectPort(nodeOptions string) error {
+	var argv, env nodeInspect
+	if isNode(c.command) {
+		argv, env = commandInspect(c.command, nodeOptions)
+		if argv.bad != "" {
+			return usageError{fmt.Sprintf("worker command %q: %s: node takes an inspector port of 0 or %d to %d",
+				clipText(shellJoin(c.command), maxCommandText), argv.bad, minInspectPort, maxInspectPort)}
+		}
+		if env.bad != "" {
+			return usageError{fmt.Sprintf("NODE_OPTIONS %s: node takes an inspector port of 0 or %d to %d", env.bad, minInspectPort, maxInspectPort)}
+		}
+	}
 	if c.inspectPort == 0 {
 		return nil
 	}
-	if c.inspectPort < 0 || c.inspectPort > 65535 {
-		return usageError{fmt.Sprintf("--inspect-port must be between 1 and 65535 (0: the port the worker command's --inspect names, or %d), got %d", defaultInspectPort, c.inspectPort)}
+	if c.inspectPort < minInspectPort-1 || c.inspectPort > maxInspectPort {
+		return usageError{fmt.Sprintf("--inspect-port must be 0 (the port the worker command's --inspect names, or %d) or between %d and %d: slot 0's worker gets PORT+1, and node takes an inspector port from %d to %d; got %d",
+			defaultInspectPort, minInspectPort-1, maxInspectPort, minInspectPort, maxInspectPort, c.inspectPort)}
 	}
-	if isNode(c.command) {
-		if argv, env := commandInspect(c.command, nodeOptions); argv.used || env.used {
-			return nil
-		}
+	if argv.used || env.used {
+		return nil
 	}
 	return usageError{fmt.Sprintf("--inspect-port %d: the worker command does not use Node's inspector; run node with --inspect (sidecar --inspect-port %d -- node --inspect server.js) or put --inspect in NODE_OPTIONS",
 		c.inspectPort, c.inspectPort)}

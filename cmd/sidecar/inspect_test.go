@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -60,13 +62,34 @@ func TestInspectorPorts(t *testing.T) {
 			[]string{"node", "--inspect-port=9800", "--inspect-port=9801", "app.js"},
 			&workers.SlotPort{Arg: 2, First: 9801, Host: "127.0.0.1", Name: "inspectorOnSIGUSR1"}},
 		{"not node", []string{"tsx", "--inspect", "app.ts"}, "--inspect", 0, nil, nil},
+		{"the base at 65535: wraps to 1024", []string{"node", "--inspect=65535", "app.js"}, "", 0,
+			[]string{"node", "--inspect=65535", "--inspect-port=1024", "app.js"},
+			&workers.SlotPort{Arg: 2, First: 65536, Host: "127.0.0.1", Name: "inspector", Claim: syscall.SIGUSR1}},
+		{"--inspect-port 1023: slot 0 at 1024", []string{"node", "--inspect", "app.js"}, "", 1023,
+			[]string{"node", "--inspect", "--inspect-port=1024", "app.js"},
+			&workers.SlotPort{Arg: 2, First: 1024, Host: "127.0.0.1", Name: "inspector", Claim: syscall.SIGUSR1}},
+		// Out of node's range (refused by checkInspectPort): left alone.
+		{"a port past 65535", []string{"node", "--inspect=99999", "app.js"}, "", 0, nil, nil},
+		{"a port past int64", []string{"node", "--inspect=[::1]:99999999999999999999999", "app.js"}, "", 0, nil, nil},
+		{"a port past 65535 in NODE_OPTIONS", []string{"node", "app.js"}, "--inspect=1000000000000000000", 0, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var env []string
 			if tc.nodeOptions != "" {
 				env = []string{"NODE_OPTIONS=ignored", "NODE_OPTIONS=" + tc.nodeOptions}
 			}
-			got, sp := inspectorPorts(slices.Clone(tc.command), env, tc.base)
+			var got []string
+			var sp *workers.SlotPort
+			done := make(chan struct{})
+			go func() { // (it once counted a large port down 64512 at a time)
+				got, sp = inspectorPorts(slices.Clone(tc.command), env, tc.base)
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("inspectorPorts still running after 30s")
+			}
 			want := tc.want
 			if want == nil {
 				want = tc.command
@@ -85,6 +108,53 @@ func TestInspectorPorts(t *testing.T) {
 				t.Errorf("slot port %+v, want %+v", *sp, *tc.port)
 			}
 		})
+	}
+}
+
+// What an inspector port in a node command says, as node reads it, and
+// which ports node refuses: the check refuses them before anything starts,
+// as it refuses an --inspect-port whose slot 0 port (PORT+1) node refuses.
+func TestInspectPortRange(t *testing.T) {
+	for _, tc := range []struct {
+		value       string
+		host        string
+		port        int
+		nodeAccepts bool
+	}{
+		{"9229", "", 9229, true},
+		{"0", "", 0, true},
+		{"1024", "", 1024, true},
+		{"65535", "", 65535, true},
+		{"1023", "", 1023, false},
+		{"1", "", 1, false},
+		{"65536", "", 65536, false},
+		{"0.0.0.0:99999", "0.0.0.0", 99999, false},
+		{"1000000000000000000", "", 1000000000000000000, false},
+		{"[::1]:99999999999999999999999", "::1", math.MaxInt32, false},
+		{"-5", "-5", -1, true}, // a host name to node
+		{"localhost", "localhost", -1, true},
+	} {
+		host, port := parseHostPort(tc.value)
+		if port > math.MaxInt32 {
+			port = math.MaxInt32
+		}
+		want := tc.port
+		if want > math.MaxInt32 {
+			want = math.MaxInt32
+		}
+		if host != tc.host || port != want {
+			t.Errorf("parseHostPort(%q) = %q, %d; want %q, %d", tc.value, host, port, tc.host, want)
+		}
+		cfg := &config{command: []string{"node", "--inspect=" + tc.value, "app.js"}}
+		if err := cfg.checkInspectPort(""); (err == nil) != tc.nodeAccepts {
+			t.Errorf("--inspect=%s: check says %v; node accepts it: %v", tc.value, err, tc.nodeAccepts)
+		}
+	}
+	for base, ok := range map[int]bool{0: true, 1: false, 1022: false, 1023: true, 9229: true, 65535: true, 65536: false, -1: false} {
+		cfg := &config{command: []string{"node", "--inspect", "app.js"}, inspectPort: base}
+		if err := cfg.checkInspectPort(""); (err == nil) != ok {
+			t.Errorf("--inspect-port %d: check says %v; want it accepted: %v", base, err, ok)
+		}
 	}
 }
 
@@ -254,7 +324,13 @@ func TestInspectPortInput(t *testing.T) {
 		want string
 	}{
 		{"out of range", []string{"--inspect-port", "70000", "--", node, "--inspect", "app.js"}, nil, 2,
-			"--inspect-port must be between 1 and 65535 (0: the port the worker command's --inspect names, or 9229), got 70000"},
+			"--inspect-port must be 0 (the port the worker command's --inspect names, or 9229) or between 1023 and 65535: slot 0's worker gets PORT+1, and node takes an inspector port from 1024 to 65535; got 70000"},
+		{"below node's range", []string{"--inspect-port", "1000", "--workers", "1", "--listen", "127.0.0.1:0", "--admin-addr", "", "--", node, "--inspect", "app.js"}, nil, 2,
+			"--inspect-port must be 0 (the port the worker command's --inspect names, or 9229) or between 1023 and 65535"},
+		{"the command's port", []string{"--workers", "1", "--listen", "127.0.0.1:0", "--admin-addr", "", "--", node, "--inspect=0.0.0.0:99999", "app.js"}, nil, 2,
+			`worker command "` + node + ` --inspect=0.0.0.0:99999 app.js": --inspect=0.0.0.0:99999: node takes an inspector port of 0 or 1024 to 65535`},
+		{"NODE_OPTIONS' port", []string{"--workers", "1", "--listen", "127.0.0.1:0", "--admin-addr", "", "--", node, "app.js"}, []string{"NODE_OPTIONS=--inspect-brk=1000000000000000000"}, 2,
+			"NODE_OPTIONS --inspect-brk=1000000000000000000: node takes an inspector port of 0 or 1024 to 65535"},
 		{"no inspector", []string{"--inspect-port", "9300", "--", node, "app.js"}, nil, 2,
 			"--inspect-port 9300: the worker command does not use Node's inspector; run node with --inspect (sidecar --inspect-port 9300 -- node --inspect server.js) or put --inspect in NODE_OPTIONS"},
 		{"not node", []string{"--inspect-port", "9300", "--", "/bin/true"}, nil, 2, "the worker command does not use Node's inspector"},
@@ -264,9 +340,16 @@ func TestInspectPortInput(t *testing.T) {
 		{"help", []string{"--help"}, nil, 0, "--inspect-port PORT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], tc.args...)
+			// A deadline: a master that hangs before it starts a worker (it
+			// once counted a large port down 64512 at a time) fails the test.
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], tc.args...)
 			cmd.Env = append(append(os.Environ(), envRole+"=main"), tc.env...)
 			out, err := cmd.CombinedOutput()
+			if ctx.Err() != nil {
+				t.Fatalf("sidecar %q still running after 60s:\n%s", tc.args, out)
+			}
 			code := 0
 			if ee, ok := err.(*exec.ExitError); ok {
 				code = ee.ExitCode()
@@ -275,6 +358,9 @@ func TestInspectPortInput(t *testing.T) {
 			}
 			if code != tc.code || !strings.Contains(string(out), tc.want) {
 				t.Errorf("exit code %d, want %d, and output saying %q:\n%s", code, tc.code, tc.want, out)
+			}
+			if code == 2 && strings.Contains(string(out), `"Worker forked"`) {
+				t.Errorf("a worker started:\n%s", out)
 			}
 			if tc.name == "help" && !strings.Contains(string(out), "[$SIDECAR_INSPECT_PORT]") {
 				t.Errorf("--help does not name $SIDECAR_INSPECT_PORT:\n%s", out)

@@ -31,11 +31,15 @@ type wrapperAdvice struct {
 	notes   []string // what else to know (a prestart script, a development tool, …)
 }
 
+// maxAdvice bounds the advice's line (each script it quotes is cut
+// shorter: maxScriptText).
+const maxAdvice = 4096
+
 // message is the advice in one line, for the command it is about.
 func (a *wrapperAdvice) message(command []string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "worker command %q: %s, so the app is not a cluster worker: it binds the port itself and fails with EADDRINUSE (the master holds it)",
-		shellJoin(command), a.why)
+		clipText(shellJoin(command), maxCommandText), a.why)
 	if a.instead != nil {
 		fmt.Fprintf(&b, "; run instead: sidecar -- %s", shellJoin(a.instead))
 	} else {
@@ -45,7 +49,7 @@ func (a *wrapperAdvice) message(command []string) string {
 		b.WriteString("; " + n)
 	}
 	b.WriteString(" (--allow-wrapper starts it anyway)")
-	return b.String()
+	return clipText(b.String(), maxAdvice)
 }
 
 // adviseWrapper returns the advice about command, run in dir, or nil when
@@ -54,37 +58,115 @@ func adviseWrapper(command []string, dir string) *wrapperAdvice {
 	if len(command) == 0 {
 		return nil
 	}
-	name, args := filepath.Base(command[0]), command[1:]
+	v := advisor{dir: dir}
 	if isNode(command) {
-		// node node_modules/.bin/tsx app.ts, node …/npm-cli.js start
-		_, script := nodeArgs(args)
-		if script >= len(args) {
-			return nil
-		}
-		name, args = wrapperScript(args[script]), args[script+1:]
+		return v.adviseNode(command)
 	}
-	if f := wrappers[name]; f != nil {
-		return f(advisor{dir: dir}, name, args)
+	if name := filepath.Base(command[0]); wrappers[name] != nil {
+		return wrappers[name](v, name, command[1:])
 	}
 	return nil
 }
 
-// wrapperScript is the wrapper a node script path is the program of, or
-// "" (node_modules/.bin/tsx → tsx, npm's bin/npm-cli.js → npm).
-func wrapperScript(path string) string {
-	base := filepath.Base(path)
-	switch base {
-	case "npm-cli.js":
-		return "npm"
-	case "npx-cli.js":
-		return "npx"
-	case "yarn.js", "yarn.cjs":
-		return "yarn"
-	case "pnpm.cjs", "pnpm.mjs", "pnpm.js":
-		return "pnpm"
+// adviseNode is the advice about a node command line that is a wrapper:
+// node --run (a package.json script, in a child shell), node --watch (the
+// app in a child node), node running a wrapper's own script
+// (node_modules/.bin/tsx, npm's bin/npm-cli.js); nil for node running the
+// app.
+func (v advisor) adviseNode(command []string) *wrapperAdvice {
+	args := command[1:]
+	opts, script := nodeArgs(args)
+	var watch []nodeOption
+	for _, o := range opts {
+		switch o.name {
+		case "--run":
+			if v.depth >= maxWrapperDepth { // a script that runs itself
+				return &wrapperAdvice{why: "node --run runs the script as its child process (sh -c)"}
+			}
+			v.depth++
+			return v.nodeRun(o.value, args[script:])
+		case "--watch", "--watch-path", "--watch-preserve-output", "--watch-kill-signal":
+			watch = append(watch, o)
+		}
 	}
-	if filepath.Base(filepath.Dir(path)) == ".bin" {
+	if len(watch) > 0 {
+		a := &wrapperAdvice{
+			why:   "node --watch runs the app in a child node process, restarted when its files change",
+			notes: []string{"node --watch is a development tool (sidecar respawns a worker that crashes): drop it"},
+		}
+		rest := slices.Clone(command)
+		for _, o := range slices.Backward(watch) {
+			rest = slices.Delete(rest, o.first+1, o.last+2)
+		}
+		a.instead, a.notes = v.inProcess(rest, a.notes)
+		return a
+	}
+	if script >= len(args) {
+		return nil
+	}
+	if name := wrapperScript(args[script]); wrappers[name] != nil {
+		if v.depth >= maxWrapperDepth { // a script that runs itself
+			return &wrapperAdvice{why: name + " runs the app as its child process"}
+		}
+		v.depth++
+		return wrappers[name](v, name, args[script+1:])
+	}
+	return nil
+}
+
+// nodeRun: node --run X runs package.json's script X in a child shell,
+// as npm run does (without its pre and post scripts).
+func (v advisor) nodeRun(script string, extra []string) *wrapperAdvice {
+	a := &wrapperAdvice{why: "node --run runs the script as its child process (sh -c)"}
+	if script == "" {
+		return a
+	}
+	a.why = fmt.Sprintf("node --run runs the %s script as its child process (sh -c)", script)
+	a.instead, a.notes = v.fromPackageJSON("node --run", script, extra)
+	return a
+}
+
+// inProcess is command, a node command line, if it runs the app in its
+// own process, or else what to run instead (node --watch in a script);
+// notes gains what there is to know.
+func (v advisor) inProcess(command, notes []string) ([]string, []string) {
+	if a := v.adviseNode(command); a != nil {
+		return a.instead, append(notes, a.notes...)
+	}
+	return command, notes
+}
+
+// wrapperFiles are wrappers' own scripts, as their packages install them:
+// node running one of these is running the wrapper (suffixes of the
+// path, after a "/" or at its start).
+var wrapperFiles = map[string]string{
+	"npm/bin/npm-cli.js": "npm", "npm/bin/npx-cli.js": "npx",
+	"yarn/bin/yarn.js": "yarn", "yarn/lib/cli.js": "yarn", "@yarnpkg/cli-dist/bin/yarn.js": "yarn",
+	"pnpm/bin/pnpm.cjs": "pnpm", "pnpm/bin/pnpx.cjs": "pnpx", "pnpm/dist/pnpm.cjs": "pnpm",
+	"corepack/dist/corepack.js": "corepack", "corepack/dist/npm.js": "npm", "corepack/dist/npx.js": "npx",
+	"corepack/dist/yarn.js": "yarn", "corepack/dist/yarnpkg.js": "yarn", "corepack/dist/pnpm.js": "pnpm", "corepack/dist/pnpx.js": "pnpx",
+	"nodemon/bin/nodemon.js": "nodemon", "tsx/dist/cli.mjs": "tsx",
+	"ts-node/dist/bin.js": "ts-node", "ts-node/dist/bin-esm.js": "ts-node-esm",
+}
+
+// wrapperScript is the wrapper a node script path is the program of, or
+// "": a program in node_modules/.bin (node_modules/.bin/tsx → tsx), a
+// wrapper's own script where its package puts it (…/npm/bin/npm-cli.js →
+// npm, .yarn/releases/yarn-4.1.0.cjs → yarn). An app's own tools/yarn.js
+// is the app.
+func wrapperScript(path string) string {
+	p := "/" + filepath.ToSlash(filepath.Clean(path))
+	dir, base := filepath.Dir(p), filepath.Base(p)
+	if strings.HasSuffix(dir, "/node_modules/.bin") {
 		return base
+	}
+	if strings.HasSuffix(dir, "/.yarn/releases") && strings.HasPrefix(base, "yarn") {
+		return "yarn"
+	}
+	for suffix, tool := range wrapperFiles {
+		if strings.HasSuffix(p, "/"+suffix) {
+			return tool
+		}
 	}
 	return ""
 }
@@ -146,7 +228,7 @@ options:
 		case name == "--":
 			i++
 			break options
-		case (name == "-p" || name == "--package") && !has:
+		case (name == "-p" || npmValueOptions[name]) && !has: // --package X, and npm exec -w api …
 			i++
 		case !strings.HasPrefix(name, "-"):
 			break options
@@ -250,7 +332,7 @@ func tsx(v advisor, _ string, args []string) *wrapperAdvice {
 // ts-node --esm, ts-node-esm: node --loader ts-node/esm. ts-node without
 // --esm runs the app in its own process: no wrapper.
 func tsNodeESM(v advisor, tool string, args []string) *wrapperAdvice {
-	if tool == "ts-node" && !slices.Contains(args, "--esm") {
+	if tool == "ts-node" && !tsNodeHasESM(args, v.dir) {
 		return nil
 	}
 	a := &wrapperAdvice{why: tool + " runs the app in a child node process with its loader"}
@@ -259,6 +341,15 @@ func tsNodeESM(v advisor, tool string, args []string) *wrapperAdvice {
 		a.notes = []string{"ts-node's options go in tsconfig.json's \"ts-node\" section"}
 	}
 	return a
+}
+
+// tsNodeHasESM reports whether ts-node's options (those before the
+// script: after it they are the app's) say --esm.
+func tsNodeHasESM(args []string, dir string) bool {
+	if script := scriptArg(args, dir); script >= 0 {
+		args = args[:script]
+	}
+	return slices.Contains(args, "--esm")
 }
 
 // scriptRunner is a wrapper that runs a script as its child process,

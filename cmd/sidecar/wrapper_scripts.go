@@ -5,45 +5,100 @@ package main
 // script (see wrapper.go).
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
+	pathpkg "path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
+	"unicode/utf8"
 )
 
 // packageManager: npm start, npm run X, yarn X, pnpm start …: the
-// script's command, from package.json.
+// script's command, from package.json, in the package the options name
+// (--prefix, a workspace).
 func packageManager(v advisor, tool string, args []string) *wrapperAdvice {
 	if tool == "yarnpkg" {
 		tool = "yarn"
 	}
-	sub, rest, dir := subcommand(args, v.dir)
 	a := &wrapperAdvice{why: tool + " runs the script as its child process (sh -c) and takes the cluster channel itself"}
+	var p pmArgs
+	if tool == "npm" {
+		p = readNpmArgs(args, v.dir)
+	} else {
+		p = readPMArgs(tool, args, v.dir)
+	}
+	if tool == "pnpm" && isRun(p.sub) { // pnpm run --filter api start: pnpm's options before the script's name
+		q := readPMArgs(tool, p.args, p.dir)
+		p.dir, p.selected, p.several = q.dir, append(p.selected, q.selected...), cmp.Or(p.several, q.several)
+		if len(p.selected) > 1 {
+			p.several = cmp.Or(p.several, "--filter "+strings.Join(p.selected, " --filter "))
+		}
+		p.args = nil
+		if q.sub != "" {
+			p.args = append([]string{q.sub}, q.args...)
+		}
+	}
+	if tool == "yarn" && (p.sub == "workspace" || p.sub == "workspaces") && p.several == "" {
+		if p.sub == "workspaces" || len(p.args) == 0 { // yarn workspaces run X, yarn workspaces foreach …
+			p.several = "yarn " + p.sub
+		} else {
+			p.selected = []string{p.args[0]}
+			p.sub, p.args = "", p.args[1:]
+			if len(p.args) > 0 {
+				p.sub, p.args = p.args[0], p.args[1:]
+			}
+			p.raw = p.args
+		}
+	}
+	if p.several != "" {
+		a.notes = append(a.notes, fmt.Sprintf("%s runs the script in several packages (%s): run each server in its own container, with node itself",
+			tool, p.several))
+		return a
+	}
+	dir := p.dir
+	if len(p.selected) > 0 {
+		d, err := workspaceDir(tool, dir, p.selected[0])
+		if err != nil {
+			a.notes = append(a.notes, err.Error())
+			return a
+		}
+		dir = d
+	}
 	if dir != v.dir {
 		abs, _ := filepath.Abs(dir)
 		a.notes = append(a.notes, fmt.Sprintf("start sidecar in %s, where %s runs its scripts", abs, tool))
 		v.dir = dir
 	}
 	var script string
-	switch sub {
+	var extra []string
+	switch sub := p.sub; sub {
 	case "start", "test", "t", "tst":
 		script = map[string]string{"t": "test", "tst": "test"}[sub]
 		if script == "" {
 			script = sub
 		}
+		extra = p.args
 	case "run", "run-script", "rum", "urn":
-		if len(rest) == 0 {
+		if len(p.args) == 0 {
 			return a
 		}
-		script, rest = rest[0], rest[1:]
+		script, extra = p.args[0], p.args[1:]
 	case "exec", "x", "dlx":
-		return runPackage(v, tool+" "+sub, rest)
+		ex := runPackage(v, tool+" "+sub, p.raw)
+		ex.notes = append(a.notes, ex.notes...)
+		return ex
 	case "node": // yarn node app.js: node as a child
 		a.why = tool + " node runs node as its child process"
-		a.instead = append([]string{"node"}, rest...)
+		a.instead, a.notes = v.inProcess(append([]string{"node"}, p.raw...), a.notes)
+		a.instead, a.notes = v.yarnPnP(tool, a.instead, a.notes)
 		return a
 	case "":
 		return a
@@ -51,49 +106,182 @@ func packageManager(v advisor, tool string, args []string) *wrapperAdvice {
 		if tool == "npm" {
 			return a
 		}
-		script = sub
+		script, extra = sub, p.args
+	}
+	if tool != "npm" {
+		extra = scriptArgs(extra)
+		if tool == "pnpm" && slices.ContainsFunc(extra, pnpmSelects) {
+			a.notes = append(a.notes, fmt.Sprintf("cannot tell whether pnpm takes %q as its own option or the script's: give pnpm's options before the script's name",
+				clipText(shellJoin(extra), maxScriptText)))
+			return a
+		}
 	}
 	a.why = fmt.Sprintf("%s runs the %s script as its child process (sh -c) and takes the cluster channel itself", tool, script)
-	extra := scriptArgs(tool, rest)
 	instead, notes := v.fromPackageJSON(tool, script, extra)
-	a.instead, a.notes = instead, append(a.notes, notes...)
+	a.instead, a.notes = v.yarnPnP(tool, instead, append(a.notes, notes...))
 	return a
 }
 
-// subcommand skips the package manager's options before its subcommand,
-// following one that names the package's directory.
-func subcommand(args []string, dir string) (sub string, rest []string, pkgDir string) {
-	dirOpts := map[string]bool{"--prefix": true, "-C": true, "--cwd": true, "--dir": true}
-	valueOpts := map[string]bool{"-w": true, "--workspace": true, "--filter": true, "-F": true, "--loglevel": true,
-		"--userconfig": true, "--cache": true, "--registry": true, "--script-shell": true}
+func isRun(sub string) bool {
+	return sub == "run" || sub == "run-script" || sub == "rum" || sub == "urn"
+}
+
+// pmArgs is a package manager's command line, read as the package manager
+// reads it.
+type pmArgs struct {
+	sub      string   // the subcommand (start, run, exec …), "" if none
+	args     []string // its arguments, the package manager's options left out (npm's, wherever they are)
+	raw      []string // its arguments as given
+	dir      string   // the package's directory: the one the command runs in, or --prefix's, -C's …
+	selected []string // the workspaces its options select (npm -w, pnpm --filter)
+	several  string   // the option that runs the script in several packages (npm --workspaces, pnpm -r), "" if none
+}
+
+// npmValueOptions are npm's options that take a value, which may come as
+// the next argument; any other is --name or --name=value.
+var npmValueOptions = map[string]bool{
+	"--prefix": true, "-C": true, "--workspace": true, "-w": true, "--loglevel": true, "--userconfig": true,
+	"--globalconfig": true, "--cache": true, "--registry": true, "--script-shell": true, "--node-options": true,
+	"--call": true, "-c": true, "--package": true, "--tag": true, "--otp": true, "--include": true, "--omit": true,
+	"--location": true, "--logs-dir": true, "--logs-max": true, "--before": true, "--shell": true, "--userconfig-file": true,
+}
+
+// readNpmArgs reads npm's command line: npm takes its options anywhere
+// before "--" (npm start --prefix sub, npm start -w api); every other
+// argument after the subcommand's is for the script.
+func readNpmArgs(args []string, dir string) pmArgs {
+	p := pmArgs{dir: dir}
+	var pos []string
+	includeRoot := false
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		if !strings.HasPrefix(a, "-") || a == "-" {
-			return a, args[i+1:], dir
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			if p.sub == "" && len(pos) == 0 {
+				p.raw = args[i+1:]
+			}
+			pos = append(pos, a)
+			continue
 		}
 		name, value, has := strings.Cut(a, "=")
-		if (dirOpts[name] || valueOpts[name]) && !has && i+1 < len(args) {
+		if npmValueOptions[name] && !has && i+1 < len(args) {
 			i++
 			value = args[i]
 		}
-		if dirOpts[name] {
-			dir = filepath.Join(dir, value)
-			if filepath.IsAbs(value) {
-				dir = value
+		switch name {
+		case "--prefix", "-C":
+			p.dir = joinDir(p.dir, value)
+		case "--workspace", "-w":
+			p.selected = append(p.selected, value)
+		case "--workspaces", "--ws", "-ws":
+			if value != "false" {
+				p.several = a
+			}
+		case "--include-workspace-root", "--iwr", "-iwr":
+			includeRoot = value != "false"
+		}
+	}
+	if len(pos) > 0 {
+		p.sub, p.args = pos[0], pos[1:]
+	}
+	if p.several == "" && (len(p.selected) > 1 || includeRoot && len(p.selected) > 0) {
+		p.several = "the workspaces " + strings.Join(p.selected, ", ")
+		if includeRoot {
+			p.several += " and the root"
+		}
+	}
+	return p
+}
+
+// readPMArgs reads yarn's or pnpm's command line: their options come
+// before the subcommand; what follows it is the subcommand's (and the
+// script's).
+func readPMArgs(tool string, args []string, dir string) pmArgs {
+	p := pmArgs{dir: dir}
+	valueOpts := map[string]bool{"--cwd": true, "--dir": true, "-C": true, "--filter": true, "-F": true, "--filter-prod": true,
+		"--loglevel": true, "--reporter": true, "--workspace-concurrency": true, "--modules-folder": true, "--cache-folder": true,
+		"--mutex": true, "--network-timeout": true, "--registry": true, "--test-pattern": true, "--changed-files-ignore-pattern": true}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "-") || a == "-" || a == "--" {
+			if a == "--" {
+				i++
+			}
+			if i < len(args) {
+				p.sub, p.args, p.raw = args[i], args[i+1:], args[i+1:]
+			}
+			return p
+		}
+		name, value, has := strings.Cut(a, "=")
+		if valueOpts[name] && !has && i+1 < len(args) {
+			i++
+			value = args[i]
+		}
+		switch {
+		case name == "--cwd" || name == "--dir" || name == "-C":
+			p.dir = joinDir(p.dir, value)
+		case tool == "pnpm" && (name == "--filter" || name == "-F" || name == "--filter-prod"):
+			p.selected = append(p.selected, value)
+		case tool == "pnpm" && (name == "-r" || name == "--recursive"):
+			p.several = a
+		case tool == "pnpm" && (name == "-w" || name == "--workspace-root"):
+			if root := findUp(p.dir, "pnpm-workspace.yaml"); root != "" {
+				p.dir = root
 			}
 		}
 	}
-	return "", nil, dir
+	if len(p.selected) > 1 && p.several == "" {
+		p.several = "--filter " + strings.Join(p.selected, " --filter ")
+	}
+	return p
 }
 
-// scriptArgs are the arguments a package manager adds to its script's
-// command: npm's after "--"; yarn's and pnpm's all of them.
-func scriptArgs(tool string, rest []string) []string {
-	if i := slices.Index(rest, "--"); i >= 0 {
-		return rest[i+1:]
+// pnpmSelects reports whether arg is one of pnpm's options that choose
+// the packages it runs a script in.
+func pnpmSelects(arg string) bool {
+	name, _, _ := strings.Cut(arg, "=")
+	switch name {
+	case "--filter", "-F", "--filter-prod", "-r", "--recursive", "--dir", "-C", "-w", "--workspace-root":
+		return true
 	}
-	if tool == "npm" {
-		return nil
+	return false
+}
+
+// joinDir is the directory value names, from dir.
+func joinDir(dir, value string) string {
+	if filepath.IsAbs(value) {
+		return value
+	}
+	return filepath.Join(dir, value)
+}
+
+// findUp is the nearest directory from dir up that holds name, "" if
+// none does.
+func findUp(dir, name string) string {
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return ""
+	}
+	for {
+		if _, err := os.Lstat(filepath.Join(d, name)); err == nil {
+			return d
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return ""
+		}
+		d = parent
+	}
+}
+
+// scriptArgs are the arguments yarn and pnpm add to their script's
+// command: all of them ("--" once, before them, is theirs).
+func scriptArgs(rest []string) []string {
+	if len(rest) > 0 && rest[0] == "--" {
+		return rest[1:]
 	}
 	return rest
 }
@@ -101,30 +289,110 @@ func scriptArgs(tool string, rest []string) []string {
 // fromPackageJSON is the command that package.json's script runs, and
 // notes on what else the package manager would have done.
 func (v advisor) fromPackageJSON(tool, script string, extra []string) ([]string, []string) {
-	path, _ := filepath.Abs(filepath.Join(v.dir, "package.json"))
-	raw, err := os.ReadFile(path)
+	pkg, err := readPackageJSON(v.dir)
 	if err != nil {
-		return nil, []string{fmt.Sprintf("no script to read: %v", unwrapPath(err))}
-	}
-	var pkg struct {
-		Scripts map[string]string `json:"scripts"`
-	}
-	if err := json.Unmarshal(raw, &pkg); err != nil {
-		return nil, []string{fmt.Sprintf("%s is not valid JSON: %v", path, err)}
+		return nil, []string{fmt.Sprintf("no script to read: %v", err)}
 	}
 	var notes []string
-	if pre := pkg.Scripts["pre"+script]; pre != "" && tool != "pnpm" {
-		notes = append(notes, fmt.Sprintf("%s also runs the pre%s script (%q) first: run that before sidecar starts (in the image build or an init container)", tool, script, pre))
+	if pre := pkg.scripts["pre"+script]; pre != "" && (tool == "npm" || tool == "yarn") {
+		notes = append(notes, fmt.Sprintf("%s also runs the pre%s script (%q) first: run that before sidecar starts (in the image build or an init container)",
+			tool, script, clipText(pre, maxScriptText)))
 	}
-	text, ok := pkg.Scripts[script]
-	if !ok && script == "start" && tool != "yarn" && fileExists(filepath.Join(v.dir, "server.js")) {
+	text, ok := pkg.scripts[script]
+	if !ok && script == "start" && (tool == "npm" || tool == "pnpm") && fileExists(filepath.Join(v.dir, "server.js")) {
 		text = "node server.js" // npm's and pnpm's start without a start script
 	}
 	if text == "" {
-		return nil, append(notes, fmt.Sprintf("%s has no %q script", path, script))
+		return nil, append(notes, fmt.Sprintf("%s has no %q script", pkg.path, clipText(script, maxScriptText)))
 	}
 	instead, more := v.scriptCommand(text, extra)
 	return instead, append(notes, more...)
+}
+
+// maxPackageJSON is the most of a package.json (or pnpm-workspace.yaml)
+// read: one larger is not read at all.
+const maxPackageJSON = 1 << 20
+
+// packageJSON is what is read of a package.json: the fields of the types
+// npm takes (a field of another type is left out, a script that is not a
+// string too).
+type packageJSON struct {
+	path       string // absolute
+	name, main string
+	scripts    map[string]string
+	workspaces []string // its globs
+}
+
+// readPackageJSON reads dir's package.json as npm does (a UTF-8 byte
+// order mark is skipped). Without waiting or reading without end: it
+// must be a regular file (not a FIFO, not a device) of at most 1 MiB.
+func readPackageJSON(dir string) (*packageJSON, error) {
+	path, _ := filepath.Abs(filepath.Join(dir, "package.json"))
+	raw, err := readSmallFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Name, Main, Scripts, Workspaces json.RawMessage
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("%s is not valid JSON: %v", path, err)
+	}
+	pkg := &packageJSON{path: path, scripts: map[string]string{}}
+	json.Unmarshal(doc.Name, &pkg.name) // (each left as it is when of another type)
+	json.Unmarshal(doc.Main, &pkg.main)
+	var scripts map[string]json.RawMessage
+	json.Unmarshal(doc.Scripts, &scripts)
+	for name, text := range scripts {
+		var s string
+		if json.Unmarshal(text, &s) == nil {
+			pkg.scripts[name] = s
+		}
+	}
+	var ws struct{ Packages []string }
+	if json.Unmarshal(doc.Workspaces, &pkg.workspaces) != nil && json.Unmarshal(doc.Workspaces, &ws) == nil {
+		pkg.workspaces = ws.Packages // yarn 1's {"packages": […]}
+	}
+	return pkg, nil
+}
+
+// readSmallFile reads path, a regular file of at most maxPackageJSON
+// bytes, without a UTF-8 byte order mark; a FIFO is not waited on.
+func readSmallFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fileKind(fi.Mode()))
+	}
+	raw, err := io.ReadAll(io.LimitReader(f, maxPackageJSON+1))
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	if len(raw) > maxPackageJSON {
+		return nil, fmt.Errorf("%s is larger than %d KiB", path, maxPackageJSON>>10)
+	}
+	return bytes.TrimPrefix(raw, []byte("\ufeff")), nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return m.Type().String()
 }
 
 func unwrapPath(err error) error {
@@ -140,13 +408,284 @@ func fileExists(path string) bool {
 	return err == nil
 }
 
+func regularFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// A workspace is a package of a monorepo.
+type workspace struct{ dir, name string }
+
+// Workspaces are looked for in at most maxWorkspaceDirs directories, and
+// at most maxWorkspaces are read.
+const (
+	maxWorkspaceDirs = 10000
+	maxWorkspaces    = 1000
+)
+
+// workspaceDir is the directory of the one workspace that sel selects in
+// the project at root, as tool reads it (npm -w NAME|PATH, pnpm --filter
+// NAME|./PATH|{PATH}, yarn workspace NAME); an error that says why not
+// when it selects none or several, or it cannot be told.
+func workspaceDir(tool, root, sel string) (string, error) {
+	opt := map[string]string{"npm": "-w", "pnpm": "--filter", "yarn": "yarn workspace"}[tool]
+	cannot := func(why string, args ...any) error {
+		return fmt.Errorf("cannot tell which package %s %q runs the script in: %s; start sidecar in its directory with node itself",
+			opt, clipText(sel, maxScriptText), fmt.Sprintf(why, args...))
+	}
+	all, err := workspaces(tool, root)
+	if err != nil {
+		return "", cannot("%v", err)
+	}
+	var byName, byPath []workspace
+	path := ""
+	switch {
+	case tool == "pnpm" && strings.HasPrefix(sel, "{") && strings.HasSuffix(sel, "}"):
+		path = sel[1 : len(sel)-1]
+	case tool == "pnpm" && (strings.HasPrefix(sel, "./") || strings.HasPrefix(sel, "../") || sel == "."):
+		path = sel
+	case tool == "pnpm" && (strings.ContainsAny(sel, "^[]!") || strings.Contains(sel, "...")):
+		return "", cannot("pnpm selects packages by more than their name there")
+	case tool == "npm":
+		path = sel
+	}
+	for _, w := range all {
+		if tool == "pnpm" && path == "" {
+			if ok, _ := pathpkg.Match(sel, w.name); ok {
+				byName = append(byName, w)
+			}
+		} else if w.name == sel {
+			byName = append(byName, w)
+		}
+	}
+	if path != "" && len(byName) == 0 {
+		abs, _ := filepath.Abs(joinDir(root, path))
+		for _, w := range all {
+			if w.dir == abs || strings.HasPrefix(w.dir, abs+string(filepath.Separator)) {
+				byPath = append(byPath, w)
+			}
+		}
+		byName = byPath
+	}
+	switch len(byName) {
+	case 0:
+		return "", cannot("no workspace of %s is named so", root)
+	case 1:
+		return byName[0].dir, nil
+	}
+	return "", cannot("it selects %d workspaces", len(byName))
+}
+
+// workspaces are the workspaces of the project at root: the directories
+// with a package.json that package.json's "workspaces" globs name (for
+// pnpm, pnpm-workspace.yaml's "packages").
+func workspaces(tool, root string) ([]workspace, error) {
+	root, _ = filepath.Abs(root)
+	var globs []string
+	if tool == "pnpm" {
+		raw, err := readSmallFile(filepath.Join(root, "pnpm-workspace.yaml"))
+		if err != nil {
+			return nil, err
+		}
+		globs = pnpmWorkspaceGlobs(string(raw))
+	} else {
+		pkg, err := readPackageJSON(root)
+		if err != nil {
+			return nil, err
+		}
+		globs = pkg.workspaces
+	}
+	if len(globs) == 0 {
+		return nil, fmt.Errorf("%s names no workspaces", root)
+	}
+	budget := maxWorkspaceDirs
+	found := map[string]bool{}
+	for _, g := range globs {
+		neg := strings.HasPrefix(g, "!")
+		g = strings.TrimPrefix(pathpkg.Clean("/"+strings.TrimPrefix(g, "!")), "/")
+		for _, d := range globDirs(root, strings.Split(g, "/"), &budget) {
+			found[d] = !neg
+		}
+	}
+	var out []workspace
+	for _, d := range slices.Sorted(maps.Keys(found)) {
+		if !found[d] || len(out) == maxWorkspaces {
+			continue
+		}
+		if pkg, err := readPackageJSON(d); err == nil {
+			out = append(out, workspace{dir: d, name: pkg.name})
+		}
+	}
+	return out, nil
+}
+
+// globDirs are the directories under dir that the glob's segs match
+// ("**": any number of directories; node_modules is never one), counting
+// each directory read against budget.
+func globDirs(dir string, segs []string, budget *int) []string {
+	if len(segs) == 0 || len(segs) == 1 && segs[0] == "" {
+		return []string{dir}
+	}
+	seg, rest := segs[0], segs[1:]
+	if !strings.ContainsAny(seg, "*?[") {
+		if fi, err := os.Stat(filepath.Join(dir, seg)); err != nil || !fi.IsDir() || seg == ".." {
+			return nil
+		}
+		return globDirs(filepath.Join(dir, seg), rest, budget)
+	}
+	if *budget <= 0 {
+		return nil
+	}
+	*budget--
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	if seg == "**" {
+		out = globDirs(dir, rest, budget)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if name == "node_modules" || strings.HasPrefix(name, ".") {
+			continue
+		}
+		sub := filepath.Join(dir, name)
+		if fi, err := os.Stat(sub); err != nil || !fi.IsDir() {
+			continue
+		}
+		if seg == "**" {
+			out = append(out, globDirs(sub, segs, budget)...)
+		} else if ok, _ := pathpkg.Match(seg, name); ok {
+			out = append(out, globDirs(sub, rest, budget)...)
+		}
+	}
+	return out
+}
+
+// pnpmWorkspaceGlobs reads pnpm-workspace.yaml's packages: a block list
+// ("packages:" then "- 'apps/*'" lines) or a flow one (packages: [a, b]).
+func pnpmWorkspaceGlobs(yaml string) []string {
+	var globs []string
+	in := false
+	unquote := func(s string) string {
+		s = strings.TrimSpace(s)
+		if i := strings.Index(s, " #"); i >= 0 {
+			s = strings.TrimSpace(s[:i])
+		}
+		return strings.Trim(s, `'"`)
+	}
+	for _, line := range strings.Split(yaml, "\n") {
+		line = strings.TrimRight(line, "\r")
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(line, "packages:"); ok {
+			rest = strings.TrimSpace(rest)
+			if list, ok := strings.CutPrefix(rest, "["); ok {
+				list, _, _ = strings.Cut(list, "]")
+				for _, g := range strings.Split(list, ",") {
+					if g = unquote(g); g != "" {
+						globs = append(globs, g)
+					}
+				}
+				return globs
+			}
+			in = true
+			continue
+		}
+		if !in {
+			continue
+		}
+		if line[0] != ' ' && line[0] != '\t' && line[0] != '-' {
+			break
+		}
+		if g, ok := strings.CutPrefix(trimmed, "-"); ok {
+			if g = unquote(g); g != "" {
+				globs = append(globs, g)
+			}
+		}
+	}
+	return globs
+}
+
+// yarnPnP makes instead, yarn's script's command, load Yarn's Plug'n'Play
+// runtime as yarn does (NODE_OPTIONS="--require .pnp.cjs
+// --experimental-loader .pnp.loader.mjs") when the project uses it: its
+// node_modules is then not there, and node alone finds no dependency.
+func (v advisor) yarnPnP(tool string, instead, notes []string) ([]string, []string) {
+	if tool != "yarn" || instead == nil {
+		return instead, notes
+	}
+	pnp, loader := findPnP(v.dir)
+	if pnp == "" {
+		return instead, notes
+	}
+	dir, _ := filepath.Abs(v.dir)
+	rel := func(p string) string {
+		r, err := filepath.Rel(dir, p)
+		if err != nil {
+			return p
+		}
+		if !strings.HasPrefix(r, "../") {
+			r = "./" + r
+		}
+		return r
+	}
+	i := 0
+	if instead[0] == "env" {
+		for i = 1; i < len(instead) && isAssignment(instead[i]); i++ {
+		}
+	}
+	if !isNode(instead[i:]) {
+		return nil, append(notes, fmt.Sprintf("a Yarn Plug'n'Play project (%s): run the server with node and yarn's runtime, node -r %s", pnp, rel(pnp)))
+	}
+	load := []string{"-r", rel(pnp)}
+	note := "yarn loads its Plug'n'Play runtime into the script's node: so does -r " + rel(pnp)
+	if loader != "" {
+		load = append(load, "--loader", rel(loader))
+		note += ", and --loader " + rel(loader) + " for ES modules (node warns that --loader is experimental)"
+	}
+	return slices.Concat(instead[:i+1], load, instead[i+1:]), append(notes, note)
+}
+
+// findPnP is the Plug'n'Play runtime of the Yarn project dir is in, and
+// its ES module loader, "" if none: .pnp.cjs (.pnp.js before Yarn 3) and
+// .pnp.loader.mjs in the nearest directory up from dir that holds one or
+// a yarn.lock.
+func findPnP(dir string) (pnp, loader string) {
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return "", ""
+	}
+	for {
+		for _, name := range []string{".pnp.cjs", ".pnp.js"} {
+			if p := filepath.Join(d, name); regularFile(p) {
+				if l := filepath.Join(d, ".pnp.loader.mjs"); regularFile(l) {
+					loader = l
+				}
+				return p, loader
+			}
+		}
+		parent := filepath.Dir(d)
+		if fileExists(filepath.Join(d, "yarn.lock")) || parent == d {
+			return "", ""
+		}
+		d = parent
+	}
+}
+
 // scriptCommand is the worker command that does what script (a
 // package.json script: a shell command line) does to run the server, with
 // extra arguments; nil when it cannot be told.
 func (v advisor) scriptCommand(script string, extra []string) ([]string, []string) {
+	if len(script) > maxScript {
+		return nil, []string{fmt.Sprintf("its script (%q) is %d bytes long: run the server's own command", clipText(script, maxScriptText), len(script))}
+	}
 	segs, err := shellSplit(script)
 	if err != nil {
-		return nil, []string{fmt.Sprintf("its script %q %v: run the server's own command", script, err)}
+		return nil, []string{fmt.Sprintf("its script %q %v: run the server's own command", clipText(script, maxScriptText), err)}
 	}
 	last := append(segs[len(segs)-1], extra...)
 	var notes []string
@@ -155,11 +694,12 @@ func (v advisor) scriptCommand(script string, extra []string) ([]string, []strin
 		for _, seg := range segs[:len(segs)-1] {
 			before = append(before, shellJoin(seg))
 		}
-		notes = append(notes, fmt.Sprintf("its script runs %q first: do that before sidecar starts (in the image build or an init container)", strings.Join(before, " && ")))
+		notes = append(notes, fmt.Sprintf("its script runs %q first: do that before sidecar starts (in the image build or an init container)",
+			clipText(strings.Join(before, " && "), maxScriptText)))
 	}
 	instead, more := v.runnerCommand(last)
 	if instead == nil {
-		more = append(more, fmt.Sprintf("its script is %q", script))
+		more = append(more, fmt.Sprintf("its script is %q", clipText(script, maxScriptText)))
 	}
 	return instead, append(notes, more...)
 }
@@ -179,8 +719,8 @@ func (v advisor) runnerCommand(args []string) ([]string, []string) {
 	var notes []string
 	switch name := filepath.Base(args[0]); {
 	case isNode(args):
-		instead = args
-	case name == "ts-node" && !slices.Contains(args, "--esm"):
+		instead, notes = v.inProcess(args, nil) // node --watch: without it
+	case name == "ts-node" && !tsNodeHasESM(args[1:], v.dir):
 		instead = append([]string{binPath(v.dir, name)}, args[1:]...)
 	case wrappers[name] != nil && v.depth < maxWrapperDepth:
 		v.depth++
@@ -252,11 +792,8 @@ func isTypeScript(path string) bool {
 // packageMain is package.json's main, or index.js if that exists ("" if
 // neither): what nodemon runs without a script.
 func packageMain(dir string) string {
-	var pkg struct {
-		Main string `json:"main"`
-	}
-	if raw, err := os.ReadFile(filepath.Join(dir, "package.json")); err == nil && json.Unmarshal(raw, &pkg) == nil && pkg.Main != "" {
-		return pkg.Main
+	if pkg, err := readPackageJSON(dir); err == nil && pkg.main != "" {
+		return pkg.main
 	}
 	if fileExists(filepath.Join(dir, "index.js")) {
 		return "index.js"
@@ -333,6 +870,29 @@ func shellSplit(s string) ([][]string, error) {
 		return nil, errors.New("is empty")
 	}
 	return segs, nil
+}
+
+// A script longer than maxScript is not read for a command (no server's
+// command is that long); a script or a command quoted in a message is cut
+// at maxScriptText or maxCommandText bytes.
+const (
+	maxScript      = 4096
+	maxScriptText  = 200
+	maxCommandText = 512
+)
+
+// clipText is s cut to at most n bytes, at a rune's start, ending in "…"
+// if it was cut.
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const ellipsis = "…"
+	i := n - len(ellipsis)
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + ellipsis
 }
 
 // shellJoin writes a command as a shell would read it back.

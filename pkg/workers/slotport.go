@@ -13,7 +13,8 @@ import (
 // for every worker the slot ever runs (a respawn, a rolling restart's new
 // worker): Node's inspector port, which a pod's port list can then name.
 // Slot i's workers get First+i; above 65535 it wraps to 1024 on, as
-// Node's primary wraps its workers' inspector ports.
+// Node's primary wraps its workers' inspector ports (65536 is 1024; past
+// 65535 again it wraps again, where Node's primary wraps once).
 //
 // Spec.Command[Arg] is Prefix followed by slot 0's port (First), so a
 // Spec with another First is another command (a reload that changes it
@@ -36,8 +37,8 @@ type SlotPort struct {
 func (p *SlotPort) Port(slot int) int {
 	const maxPort, wrapTo = 65535, 1024
 	n := p.First + slot
-	for n > maxPort {
-		n = n - maxPort + wrapTo - 1
+	if n > maxPort {
+		n = wrapTo + (n-wrapTo)%(maxPort+1-wrapTo)
 	}
 	return n
 }

@@ -145,12 +145,30 @@ func TestSlotPortStaysWithTheSlot(t *testing.T) {
 }
 
 // Ports past 65535 wrap to 1024 on, as Node's primary wraps its workers'
-// inspector ports.
+// inspector ports (port - 65535 + 1023), computed at once however far.
 func TestSlotPortWraps(t *testing.T) {
 	sp := &SlotPort{First: 65534}
 	for slot, want := range []int{65534, 65535, 1024, 1025} {
 		if got := sp.Port(slot); got != want {
 			t.Errorf("slot %d: port %d, want %d", slot, got, want)
+		}
+	}
+	for _, tc := range []struct{ first, slot, want int }{
+		{1024, 0, 1024},
+		{65535, 64511, 65534},
+		{65535, 64512, 65535}, // 130047: wrapped once
+		{65535, 64513, 1024},  // 130048: wrapped twice
+		{1 << 60, 0, 1024 + (1<<60-1024)%64512},
+	} {
+		done := make(chan int, 1)
+		go func() { done <- (&SlotPort{First: tc.first}).Port(tc.slot) }()
+		select {
+		case got := <-done:
+			if got != tc.want {
+				t.Errorf("First %d, slot %d: port %d, want %d", tc.first, tc.slot, got, tc.want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("First %d, slot %d: Port still computing after 30s", tc.first, tc.slot)
 		}
 	}
 	if c := sp.command([]string{"node", "--inspect-port=65534", "app.js"}, 2); c[1] != "--inspect-port=65534" {
