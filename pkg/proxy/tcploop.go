@@ -16,32 +16,33 @@ import (
 // non-blocking reads and writes.
 //
 // Each direction (a flow) holds what it has read in one of the loop's
-// 16 KiB buffers, or, once it shows itself a bulk transfer, in a pipe
-// it splices through (tcpflow.go), only while it has bytes in it; it
-// reads its source only once it holds nothing, so a destination that
-// does not drain stops the reading of its source (backpressure), and a
-// connection holds at most two buffers or pipes. A source's EOF is passed on as shutdown(SHUT_WR) once the bytes before
-// it are written, while the other direction keeps flowing; the
-// connection is closed once both directions have ended (the second end
-// passed on by the close itself), on an error of either side, or when no
-// byte has moved either way for TCPIdleTimeout (the loop's sweep).
+// 16 KiB buffers, or, once it shows itself a bulk transfer, in a pipe it
+// splices through (tcpflow.go), only while it has bytes in it; it reads
+// its source only once it holds nothing, so a destination that does not
+// drain stops the reading of its source (backpressure), and a connection
+// holds at most two buffers or pipes. A source's EOF is passed on as
+// shutdown(SHUT_WR) once the bytes before it are written, while the other
+// direction keeps flowing; the connection is closed once both directions
+// have ended (the second end passed on by the close itself), on an error
+// of either side, or when no byte has moved either way for TCPIdleTimeout
+// (the loop's sweep).
 //
-// The loop never waits for an upstream connection. An upstream given as
-// an IP address is connected from the loop with a non-blocking connect,
-// which returns at once, and both sockets join the epoll set together:
-// the client's first bytes are read when they come and written as soon
-// as the connection is made (a write before that fails with EAGAIN and
-// waits for epoll's EPOLLOUT); an error before the connection is known
-// to be made is a failed dial, and the sweep enforces
-// UpstreamDialTimeout. A dial on a goroutine, as the HTTP loop's, cost
-// 13 system calls more per connection (net.Dialer's socket options and
-// address look-ups, its poller's registration, the descriptor's
-// duplicate, the post to the loop), two goroutine wake-ups and a turn of
-// the loop before the client was read: measured under --schedule shared
-// with wrk's Connection: close, 113 µs of the worker's CPU per
-// connection, against 81-99 µs now and HAProxy's 79-86. An upstream
-// given by name is dialled on a goroutine (net.Dialer resolves it, each
-// time, as before); its client is read once it is connected.
+// The loop never waits for an upstream connection. An upstream given as an
+// IP address is connected from the loop with a non-blocking connect, which
+// returns at once, and both sockets join the epoll set together: the
+// client's first bytes are read when they come and written as soon as the
+// connection is made (a write before that fails with EAGAIN and waits for
+// epoll's EPOLLOUT); an error before the connection is known to be made is
+// a failed dial, and the sweep enforces UpstreamDialTimeout. A dial on a
+// goroutine, as the HTTP loop's, cost 13 system calls more per connection
+// (net.Dialer's socket options and address look-ups, its poller's
+// registration, the descriptor's duplicate, the post to the loop), two
+// goroutine wake-ups and a turn of the loop before the client was read:
+// measured under --schedule shared with wrk's Connection: close, 113 µs of
+// the workers' CPU per connection (one run), against 75-88 µs now and
+// HAProxy's 85-96 (five runs; README.md). An upstream given by name is
+// dialled on a goroutine (net.Dialer resolves it, each time, as before);
+// its client is read once it is connected.
 
 // tcpTurnBytes bounds what one direction moves in one turn of the loop: a
 // bulk transfer whose source never runs dry must not starve the loop's
