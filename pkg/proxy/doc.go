@@ -69,13 +69,16 @@
 // Upstream connections are closed after UpstreamIdleTimeout (4s by default),
 // before Node.js's 5s keepAliveTimeout would close them from the other side.
 //
-// With a tcp:// upstream the worker is an L4 pass-through instead
-// (TCPProxy): each accepted connection gets its own upstream connection;
-// bytes are copied both ways by io.Copy between the sockets themselves (the
-// kernel's splice on Linux), an EOF is passed on as CloseWrite while the
-// other direction keeps flowing, and a connection silent both ways for
-// TCPIdleTimeout (checked every quarter of it) is closed. A failed dial
-// closes the client's connection and is counted like an HTTP one.
+// With a tcp:// upstream the worker is an L4 pass-through instead, on the
+// same event loop (tcp*.go; see tcploop.go): each connection the loop
+// takes gets its own upstream connection (connected from the loop when
+// the upstream is an IP address, dialled on a goroutine for a name);
+// each direction holds at most one 16 KiB buffer, and reads its source
+// only once that is written out (backpressure), or splices a bulk
+// transfer through a pipe; an EOF is passed on as shutdown(SHUT_WR) while
+// the other direction keeps flowing, and a connection silent both ways
+// for TCPIdleTimeout is closed by the loop's sweep. A failed dial closes
+// the client's connection and is counted like an HTTP one.
 //
 // Readiness checks the upstream for the master's /readyz: a GET of a path,
 // or a dial.
