@@ -133,14 +133,15 @@ func ensureNodeDrain() {
 	}
 }
 
-// removeNodeDrain removes the preload's directory, if it was written.
+// removeNodeDrain removes the preload's directory, if it was written (a
+// later nodeDrainFile writes it again).
 func removeNodeDrain() {
 	nodeDrain.mu.Lock()
 	defer nodeDrain.mu.Unlock()
 	if nodeDrain.path != "" {
 		os.RemoveAll(filepath.Dir(nodeDrain.path))
-		nodeDrain.path, nodeDrain.err = "", errors.New("removed")
 	}
+	nodeDrain.path, nodeDrain.err = "", nil
 }
 
 // nodeDrainEnv adds the drain preload to NODE_OPTIONS in env (the
