@@ -416,6 +416,9 @@ func TestShellSplit(t *testing.T) {
 		{`node 'a.js`, nil, "has an unclosed quote"},
 		{`&& node a.js`, nil, "is not a list of simple commands"},
 		{` `, nil, "is empty"},
+		{"node a\tb\nc", [][]string{{"node", "a", "b"}, {"c"}}, ""}, // a newline ends a command
+		{"\n\nnode a.js\n\n", [][]string{{"node", "a.js"}}, ""},
+		{"node \\\n  a.js", [][]string{{"node", "a.js"}}, ""}, // a line continued
 	} {
 		got, err := shellSplit(tc.script)
 		if tc.err != "" {
