@@ -212,13 +212,11 @@ func (c *Channel) SendCluster(body []byte, fd int, onReply ReplyFunc) error {
 		return fmt.Errorf("ipc: cluster message body is not a JSON object: %.60q", body)
 	}
 	c.mu.Lock()
-	if c.closed {
-		err := c.err
+	seq, err := c.nextSeqLocked()
+	if err != nil {
 		c.mu.Unlock()
 		return err
 	}
-	seq := c.seq
-	c.seq++
 	line := make([]byte, 0, len(body)+96)
 	if fd >= 0 {
 		line = append(line, `{"cmd":"NODE_HANDLE","type":"net.Native","msg":`...)
@@ -243,7 +241,7 @@ func (c *Channel) SendCluster(body []byte, fd int, onReply ReplyFunc) error {
 		c.replies[seq] = pendingReply{onReply, time.Now()}
 		o.seq = seq
 	}
-	err := c.sendLocked(o)
+	err = c.sendLocked(o)
 	c.mu.Unlock()
 	return err
 }
@@ -270,18 +268,27 @@ func (c *Channel) sendLocked(o outgoing) error {
 	return err
 }
 
+// nextSeqLocked takes the next message's seq, or the error the channel
+// ended with. c.mu is held.
+func (c *Channel) nextSeqLocked() (int64, error) {
+	if c.closed {
+		return 0, c.err
+	}
+	seq := c.seq
+	c.seq++
+	return seq, nil
+}
+
 // SendNewConn sends {act:"newconn", key} with the connection's fd: the hot
 // path of the round-robin dispatcher, built without reflection. quotedKey is
 // the key as a JSON string (see Quote).
 func (c *Channel) SendNewConn(quotedKey []byte, fd int, onReply ReplyFunc) error {
 	c.mu.Lock()
-	if c.closed {
-		err := c.err
+	seq, err := c.nextSeqLocked()
+	if err != nil {
 		c.mu.Unlock()
 		return err
 	}
-	seq := c.seq
-	c.seq++
 	line := make([]byte, 0, 128+len(quotedKey))
 	line = append(line, `{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":`...)
 	line = append(line, quotedKey...)
@@ -293,7 +300,7 @@ func (c *Channel) SendNewConn(quotedKey []byte, fd int, onReply ReplyFunc) error
 		c.replies[seq] = pendingReply{onReply, time.Now()}
 		o.seq = seq
 	}
-	err := c.sendLocked(o)
+	err = c.sendLocked(o)
 	c.mu.Unlock()
 	return err
 }
@@ -310,13 +317,11 @@ func (c *Channel) SendConns(quotedKey []byte, fds []int, onReply ReplyFunc) erro
 		return fmt.Errorf("ipc: a batch of %d connections (1 to %d)", len(fds), MaxBatch)
 	}
 	c.mu.Lock()
-	if c.closed {
-		err := c.err
+	seq, err := c.nextSeqLocked()
+	if err != nil {
 		c.mu.Unlock()
 		return err
 	}
-	seq := c.seq
-	c.seq++
 	line := make([]byte, 0, 96+len(quotedKey))
 	line = append(line, `{"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":`...)
 	line = append(line, quotedKey...)
@@ -330,7 +335,7 @@ func (c *Channel) SendConns(quotedKey []byte, fds []int, onReply ReplyFunc) erro
 		c.replies[seq] = pendingReply{onReply, time.Now()}
 		o.seq = seq
 	}
-	err := c.sendLocked(o)
+	err = c.sendLocked(o)
 	c.mu.Unlock()
 	return err
 }

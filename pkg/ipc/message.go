@@ -396,18 +396,11 @@ func fastDecode(line []byte, m *Message) bool {
 // writes) when its key needs no unescaping:
 // {"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"K","seq":S}}
 func fastNewConn(line []byte, m *Message) bool {
-	rest := line[len(prefixNewConn):]
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 {
+	key, rest, ok := cutPlainKey(line[len(prefixNewConn):])
+	if !ok {
 		return false
 	}
-	key := rest[:end]
-	for _, c := range key {
-		if c == '\\' || c < 0x20 || c >= 0x80 {
-			return false // escapes or non-ASCII: let encoding/json decide
-		}
-	}
-	rest, ok := bytes.CutPrefix(rest[end+1:], []byte(`,"seq":`))
+	rest, ok = bytes.CutPrefix(rest, []byte(`,"seq":`))
 	if !ok {
 		return false
 	}
@@ -427,18 +420,11 @@ func fastNewConn(line []byte, m *Message) bool {
 // when its key needs no unescaping:
 // {"cmd":"NODE_CLUSTER","act":"sidecar.conns","key":"K","n":N,"seq":S}
 func fastConns(line []byte, m *Message) bool {
-	rest := line[len(prefixConns):]
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 {
+	key, rest, ok := cutPlainKey(line[len(prefixConns):])
+	if !ok {
 		return false
 	}
-	key := rest[:end]
-	for _, c := range key {
-		if c == '\\' || c < 0x20 || c >= 0x80 {
-			return false
-		}
-	}
-	rest, ok := bytes.CutPrefix(rest[end+1:], []byte(`,"n":`))
+	rest, ok = bytes.CutPrefix(rest, []byte(`,"n":`))
 	if !ok {
 		return false
 	}
@@ -458,6 +444,22 @@ func fastConns(line []byte, m *Message) bool {
 	m.Seq, m.HasSeq = seq, true
 	m.Raw = append(json.RawMessage(nil), line...)
 	return true
+}
+
+// cutPlainKey reads a key's characters up to its closing quote at the
+// start of b, when it needs no unescaping (no escapes, no control or
+// non-ASCII bytes: otherwise encoding/json decides), and what follows.
+func cutPlainKey(b []byte) (key, rest []byte, ok bool) {
+	end := bytes.IndexByte(b, '"')
+	if end < 0 {
+		return nil, nil, false
+	}
+	for _, c := range b[:end] {
+		if c == '\\' || c < 0x20 || c >= 0x80 {
+			return nil, nil, false
+		}
+	}
+	return b[:end], b[end+1:], true
 }
 
 // cutUint parses a JSON non-negative integer without leading zeros (up to
