@@ -1,6 +1,7 @@
 // Package testkit holds the helpers that tests in more than one package
 // need: waiting for a condition with a deadline, a TCP service on
-// 127.0.0.1, and a free address there.
+// 127.0.0.1, a free address there, and a listener that holds its
+// connections until it is closed.
 package testkit
 
 import (

@@ -6,43 +6,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
-
-// heldListener hands out its connections only once it is closed, as a
-// cluster listener does with the connections of a handoff the worker
-// already answered for: they are the worker's and must be served.
-type heldListener struct {
-	addr      net.Addr
-	mu        sync.Mutex
-	held      []net.Conn
-	closed    chan struct{}
-	once      sync.Once
-	accepting chan struct{} // closed by the first Accept
-	first     sync.Once
-}
-
-func (l *heldListener) Accept() (net.Conn, error) {
-	l.first.Do(func() { close(l.accepting) })
-	<-l.closed
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.held) == 0 {
-		return nil, net.ErrClosed
-	}
-	c := l.held[0]
-	l.held = l.held[1:]
-	return c, nil
-}
-
-func (l *heldListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *heldListener) Addr() net.Addr { return l.addr }
 
 // TestShutdownServesWhatTheListenerStillHolds: connections a listener
 // still hands over once Shutdown has closed it are served. net/http drops
@@ -56,21 +24,22 @@ func TestShutdownServesWhatTheListenerStillHolds(t *testing.T) {
 	}
 	defer front.Close()
 	const n = 5
-	ln := &heldListener{addr: front.Addr(), closed: make(chan struct{}), accepting: make(chan struct{})}
+	var held []net.Conn
 	var clients []net.Conn
 	for range n {
 		client, server := dialAccept(t, front)
 		io.WriteString(client, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") // sent before the server reads it
 		clients = append(clients, client)
-		ln.held = append(ln.held, server)
+		held = append(held, server)
 	}
 	srv := DrainHTTP(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "served")
 	})})
+	ln := testkit.NewHeldListener(front.Addr(), held...)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
-	case <-ln.accepting:
+	case <-ln.Accepting():
 	case <-time.After(wait):
 		t.Fatal("Serve did not call Accept")
 	}
