@@ -6,8 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,51 +15,6 @@ import (
 
 	"github.com/sidecar-project/sidecar/internal/testkit"
 )
-
-// configMap is a directory laid out as the kubelet lays out a mounted
-// ConfigMap: the files in a timestamped directory, ..data a symlink to
-// it, and each key a symlink through ..data. An update writes a new
-// timestamped directory and renames a new ..data symlink over the old one
-// (the key's own path never changes).
-type configMap struct {
-	t   *testing.T
-	dir string
-	n   int
-}
-
-func newConfigMap(t *testing.T, content string) *configMap {
-	c := &configMap{t: t, dir: t.TempDir()}
-	c.update(content)
-	if err := os.Symlink(filepath.Join("..data", "config.yaml"), filepath.Join(c.dir, "config.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func (c *configMap) path() string { return filepath.Join(c.dir, "config.yaml") }
-
-func (c *configMap) update(content string) {
-	c.t.Helper()
-	c.n++
-	old, _ := os.Readlink(filepath.Join(c.dir, "..data"))
-	ts := fmt.Sprintf("..2026_11_30_17_00_%02d.%09d", c.n, c.n)
-	if err := os.Mkdir(filepath.Join(c.dir, ts), 0o755); err != nil {
-		c.t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(c.dir, ts, "config.yaml"), []byte(content), 0o644); err != nil {
-		c.t.Fatal(err)
-	}
-	tmp := filepath.Join(c.dir, "..data_tmp")
-	if err := os.Symlink(ts, tmp); err != nil {
-		c.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(c.dir, "..data")); err != nil {
-		c.t.Fatal(err)
-	}
-	if old != "" {
-		os.RemoveAll(filepath.Join(c.dir, old))
-	}
-}
 
 // listening is how many workers are listening, from the master's metrics.
 func listening(t *testing.T, admin string) float64 {
@@ -76,8 +29,8 @@ func listening(t *testing.T, admin string) float64 {
 // TestConfigMapUpdatesApplyOnce: three updates of a ConfigMap-style
 // mount, each applied once; the worker count follows.
 func TestConfigMapUpdatesApplyOnce(t *testing.T) {
-	cm := newConfigMap(t, "workers: 2\nshutdownDelay: 1s\n")
-	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--config", cm.path())
+	cm := testkit.NewConfigMap(t, "workers: 2\nshutdownDelay: 1s\n")
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--config", cm.Path())
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
 	admin := adminAddrOf(t, m)
 	for i, step := range []struct {
@@ -88,7 +41,7 @@ func TestConfigMapUpdatesApplyOnce(t *testing.T) {
 		{"workers: 3\nshutdownDelay: 2s\nlogVerbosity: 1\n", 3},
 		{"workers: 1\nshutdownDelay: 2s\n", 1},
 	} {
-		cm.update(step.content)
+		cm.Update(step.content)
 		waitMetrics(t, admin, 20*time.Second, eq(float64(i+1), "sidecar_config_reloads_total", "result", "success"))
 		testkit.WaitFor(t, fmt.Sprintf("%v workers listening after update %d", step.workers, i+1), 20*time.Second, func() bool {
 			return listening(t, admin) == step.workers
@@ -108,8 +61,8 @@ func TestConfigMapUpdatesApplyOnce(t *testing.T) {
 // and a change to listen are each refused: the failure is logged and
 // counted, and the workers and readiness stay as they were.
 func TestBadConfigReloadsChangeNothing(t *testing.T) {
-	cm := newConfigMap(t, "workers: 2\nlisten: [\"127.0.0.1:0\"]\n")
-	m := startMaster(t, nil, "--config", cm.path())
+	cm := testkit.NewConfigMap(t, "workers: 2\nlisten: [\"127.0.0.1:0\"]\n")
+	m := startMaster(t, nil, "--config", cm.Path())
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
 	admin := adminAddrOf(t, m)
 	for i, bad := range []struct{ content, says string }{
@@ -118,7 +71,7 @@ func TestBadConfigReloadsChangeNothing(t *testing.T) {
 		{"workers: 0\n", "workers: must be between 1 and 1024, got 0"},
 		{"workers: 2\nlisten: [\"127.0.0.1:1\"]\n", "listen changed, which needs a restart"},
 	} {
-		cm.update(bad.content)
+		cm.Update(bad.content)
 		waitMetrics(t, admin, 20*time.Second, eq(float64(i+1), "sidecar_config_reloads_total", "result", "failure"))
 		if line := m.waitLines(`"Config reload failed`, i+1, 10*time.Second)[i]; !strings.Contains(line, bad.says) {
 			t.Errorf("update %d: the log does not say %q: %s", i+1, bad.says, line)
@@ -277,14 +230,14 @@ func TestSIGHUPUnderLoad(t *testing.T) {
 // start aborts the roll; the old workers go on serving and no request is
 // refused.
 func TestRollWithACrashingWorkerAborts(t *testing.T) {
-	cm := newConfigMap(t, "workers: 2\n")
-	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--config", cm.path())
+	cm := testkit.NewConfigMap(t, "workers: 2\n")
+	m := startMaster(t, nil, "--listen", "127.0.0.1:0", "--config", cm.Path())
 	m.waitLines(`"Worker listening"`, 2, 10*time.Second)
 	admin := adminAddrOf(t, m)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	r := runLoad(m.addr, 4, false, stop, &wg)
-	cm.update("workers: 2\ncommand: [\"false\"]\n")
+	cm.Update("workers: 2\ncommand: [\"false\"]\n")
 	waitMetrics(t, admin, 30*time.Second, eq(1, "sidecar_rolling_restarts_total", "result", "aborted"))
 	m.waitLine(`"Rolling restart aborted`, 10*time.Second)
 	n := r.ok.Load()

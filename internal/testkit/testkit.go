@@ -1,7 +1,8 @@
 // Package testkit holds the helpers that tests in more than one package
 // need: waiting for a condition with a deadline, a TCP service on
-// 127.0.0.1, a free address there, and a listener that holds its
-// connections until it is closed.
+// 127.0.0.1, a free address there, a listener that holds its
+// connections until it is closed, and a ConfigMap mount as the kubelet
+// lays it out.
 package testkit
 
 import (

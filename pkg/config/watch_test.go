@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sidecar-project/sidecar/internal/testkit"
 )
 
 // deadline bounds every wait for something Watch should do; none of these
@@ -219,62 +221,16 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
-// configMap is a directory laid out as the kubelet lays out a mounted
-// ConfigMap (as cmd/sidecar's reload tests build it): the files in a
-// timestamped directory, ..data a symlink to it, and config.yaml a
-// symlink through ..data. An update writes a new timestamped directory,
-// renames a new ..data symlink over the old one and removes the old
-// directory; config.yaml itself never changes.
-type configMap struct {
-	t   *testing.T
-	dir string
-	n   int
-}
-
-func newConfigMap(t *testing.T, content string) *configMap {
-	c := &configMap{t: t, dir: t.TempDir()}
-	c.update(content)
-	if err := os.Symlink(filepath.Join("..data", "config.yaml"), c.path()); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func (c *configMap) path() string { return filepath.Join(c.dir, "config.yaml") }
-
-func (c *configMap) update(content string) {
-	c.t.Helper()
-	c.n++
-	old, _ := os.Readlink(filepath.Join(c.dir, "..data"))
-	ts := fmt.Sprintf("..2026_11_30_17_00_%02d.%09d", c.n, c.n)
-	if err := os.Mkdir(filepath.Join(c.dir, ts), 0o755); err != nil {
-		c.t.Fatal(err)
-	}
-	writeFile(c.t, filepath.Join(c.dir, ts, "config.yaml"), content)
-	tmp := filepath.Join(c.dir, "..data_tmp")
-	if err := os.Symlink(ts, tmp); err != nil {
-		c.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(c.dir, "..data")); err != nil {
-		c.t.Fatal(err)
-	}
-	if old != "" {
-		if err := os.RemoveAll(filepath.Join(c.dir, old)); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-}
-
 // TestWatchConfigMapUpdates: each update of a ConfigMap mount (a burst of
 // creations, a rename and a removal) is reported once, and the call sees
 // the new content through the unchanged path.
 func TestWatchConfigMapUpdates(t *testing.T) {
-	cm := newConfigMap(t, "workers: 1\n")
-	w := startWatch(t, cm.path())
+	cm := testkit.NewConfigMap(t, "workers: 1\n")
+	w := startWatch(t, cm.Path())
 	want := []string{"workers: 2\n", "workers: 3\nlogVerbosity: 1\n", "workers: 3\nlogVerbosity: 1\n", "workers: 1\n"}
 	var changes []func()
 	for _, content := range want {
-		changes = append(changes, func() { cm.update(content) })
+		changes = append(changes, func() { cm.Update(content) })
 	}
 	w.expectEach(changes, want)
 }
