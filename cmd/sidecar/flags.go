@@ -106,7 +106,7 @@ func buildConfig(args []string, getenv func(string) string, stderr io.Writer, fi
 	minReady := fs.Int("min-ready", 0, "`N` workers listening make /readyz pass; 0 means all of them (it follows --workers as the pool grows and shrinks)")
 	shutdownDelay := fs.Duration("shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz failing (so endpoints drop the pod) before draining")
 	nodeDrain := fs.Bool("node-drain", true, "load sidecar's drain preload into Node.js workers (NODE_OPTIONS=--require): once draining begins (SIGTERM, a rolling restart) every response closes its keep-alive connection, so no client loses a request to Node's server.close(); false leaves the app untouched")
-	inspectPort := fs.Int("inspect-port", 0, "`PORT`, the base of Node.js workers' inspector ports (Node's cluster.settings.inspectPort): a node worker command using the inspector (--inspect, --inspect-brk, --inspect-port, or in NODE_OPTIONS) gets PORT+1+slot, its slot's for good; 0: the port its --inspect names, or 9229")
+	inspectPort := fs.Int("inspect-port", 0, "`PORT`, the base of Node.js workers' inspector ports (Node's cluster.settings.inspectPort): a node worker command using the inspector (--inspect, --inspect-brk, --inspect-port, or in NODE_OPTIONS) gets PORT+1+slot, its slot's for good; 1023 to 65535 (Node takes 1024 on), or 0: the port its --inspect names, or 9229")
 	allowWrapper := fs.Bool("allow-wrapper", false, "start a worker command that runs the app as its child process (npm start, yarn, pnpm, npx, nodemon, tsx, …) instead of refusing it with the command to run instead; such an app is not a cluster worker")
 	proxyFlags := addProxyFlags(fs)
 	verbosity := fs.Int("v", 0, "log verbosity `N`: 0 lifecycle, 2 per-worker detail, 4 per-connection")
